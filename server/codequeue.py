@@ -1,0 +1,188 @@
+"""CodeQueue: a ring of codes placed in shared memory, with a doorbell.
+
+``CodeQueue(shm, capacity, name)`` takes the next region of ``shm`` (see
+``SharedMemory.place``).  In INIT mode it formats the region; in RECOVER mode
+it leaves the data alone and validates it, so the codes a crashed process
+left behind are still there.  The byte layout and the commit rule are in
+``server.ring``; this module adds the sleeping consumer.
+
+How a consumer sleeps without losing a wake-up::
+
+    consumer                              producer
+    --------                              --------
+    spin briefly while empty              write record, publish tail
+    sleeping = 1                          if sleeping: ring the doorbell
+    full fence
+    if not empty: sleeping = 0, go on
+    wait on the doorbell fd, GRACE (1 ms) at most the first time,
+    then up to SAFETY_WAKE (1 s), sleeping staying 1 all along
+    drain it, sleeping = 0, re-check
+
+The consumer's fence makes ``sleeping = 1`` visible before it looks at the
+tail.  The producer has no fence (it would cost a third of a push): x86 may
+let its load of ``sleeping`` pass its own store of the tail, so in a window
+of some nanoseconds around the moment the consumer falls asleep a push can
+miss the flag.  The first wait is therefore at most GRACE long: such a push
+is found within a millisecond, and every push after that window sees
+``sleeping = 1`` and rings.  A sleep never lasts longer than SAFETY_WAKE
+before the queue is looked at again, so not even a lost datagram can stall
+it.  An idle consumer wakes about once a second: no busy polling.
+
+One producer and one consumer.  Whoever takes a role in a new process calls
+``recover_producer()`` or ``recover_consumer()`` once: it repairs that side's
+statistics after a crash and clears a sleeping flag left set by a dead
+consumer.  The doorbell is a Linux abstract socket, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Iterable
+
+from .doorbell import Doorbell, doorbell_address
+from .layout import StartMode
+from .ring import CodeRing, full_fence, region_size
+from .shm import SharedMemory
+
+__all__ = ["CodeQueue", "region_size"]
+
+SAFETY_WAKE = 1.0
+GRACE = 1e-3
+DEFAULT_SPIN = 50e-6
+
+
+class CodeQueue:
+    """A single-producer single-consumer queue of codes (``bytes``)."""
+
+    KIND = "CodeQueue"
+
+    def __init__(
+        self,
+        shm: SharedMemory,
+        capacity: int,
+        name: str = "codequeue",
+        *,
+        check_records: bool = True,
+    ) -> None:
+        """``check_records=False`` skips walking the pending records in
+        RECOVER mode: for an observer (the inspector) attaching while both
+        sides run and the records move under its feet."""
+        self.name = name
+        region = shm.place(name, self.KIND, region_size(capacity))
+        init = shm.start_mode is StartMode.INIT
+        self._ring = CodeRing(region, capacity, init=init, check_records=check_records)
+        self.capacity = capacity
+        self.max_code = self._ring.max_code
+        self.doorbell = Doorbell(doorbell_address(shm.key, name))
+        shm.on_detach(self.close)
+        # bind the hot methods once: they are called per code
+        self.pop = self._ring.pop
+        self.peek = self._ring.peek
+        self.pop_many = self._ring.pop_many
+        self.empty = self._ring.empty
+
+    @staticmethod
+    def layout(capacity: int, name: str = "codequeue") -> tuple[str, str, int]:
+        """The directory entry this queue takes (for ``create_product(layout=)``)."""
+        return (name, CodeQueue.KIND, region_size(capacity))
+
+    # -- producer ---------------------------------------------------------------
+    def push(self, code: bytes) -> bool:
+        """Append one code; False when it does not fit now.  Raises
+        ``CodeTooLarge`` for a code that could never fit."""
+        ring = self._ring
+        if not ring.push(code):
+            return False
+        if ring.sleeping:  # no fence here: see GRACE in the module docstring
+            self.doorbell.ring()
+        return True
+
+    def push_many(self, codes: Iterable[bytes]) -> int:
+        """Append codes in order while they fit; returns how many did."""
+        ring = self._ring
+        count = ring.push_many(codes)
+        if count and ring.sleeping:
+            self.doorbell.ring()
+        return count
+
+    def recover_producer(self) -> None:
+        self._ring.recover_producer()
+
+    # -- consumer ---------------------------------------------------------------
+    def recover_consumer(self) -> None:
+        self._ring.recover_consumer()
+        self.doorbell.drain()
+
+    def fileno(self) -> int:
+        """The doorbell descriptor, for a ``selectors`` loop.  Before
+        selecting on it call ``prepare_wait()``; after, ``finish_wait()``."""
+        return self.doorbell.fileno()
+
+    def prepare_wait(self) -> bool:
+        """Announce that the consumer is about to sleep.  False means codes
+        arrived meanwhile: do not sleep, pop them.  True: wait on
+        ``fileno()``, at most GRACE seconds the first time (see above), then
+        call ``finish_wait()``."""
+        ring = self._ring
+        self.doorbell.listen()
+        ring.set_sleeping(True)
+        full_fence()
+        if not ring.empty():
+            ring.set_sleeping(False)
+            return False
+        return True
+
+    def finish_wait(self) -> None:
+        self.doorbell.drain()
+        self._ring.set_sleeping(False)
+
+    def wait(self, timeout: float | None = None, spin: float = DEFAULT_SPIN) -> bool:
+        """Block until a code is pending or ``timeout`` seconds pass.
+        Returns True if a code is pending.  Spins for ``spin`` seconds first
+        (cheap when the producer is busy), then sleeps on the doorbell."""
+        ring = self._ring
+        if not ring.empty():
+            return True
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        spin_until = now + spin if timeout is None else min(now + spin, now + timeout)
+        while time.monotonic() < spin_until:
+            if not ring.empty():
+                return True
+        fd = self.fileno()
+        if not self.prepare_wait():
+            return True
+        try:
+            step = GRACE
+            while True:
+                left = step
+                if deadline is not None:
+                    left = min(left, deadline - time.monotonic())
+                if left > 0:
+                    select.select([fd], [], [], left)
+                self.doorbell.drain()
+                if not ring.empty():
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                step = SAFETY_WAKE
+        finally:
+            ring.set_sleeping(False)
+
+    # -- facts --------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """capacity, used_bytes, free_bytes, pending, pushed, popped, head, tail."""
+        return self._ring.stats()
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def close(self) -> None:
+        """Drop the views of shared memory and the doorbell sockets."""
+        self.doorbell.close()
+        self._ring.release()
+
+    def __repr__(self) -> str:
+        s = self._ring.stats()
+        return f"<CodeQueue {self.name!r} {s['pending']} pending, {s['used_bytes']}/{self.capacity} bytes>"
