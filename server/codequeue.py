@@ -11,7 +11,8 @@ How a consumer sleeps without losing a wake-up::
     consumer                              producer
     --------                              --------
     spin briefly while empty              write record, publish tail
-    sleeping = 1                          if sleeping: ring the doorbell
+    sleeping = 1                          if sleeping and not rung for this
+                                             sleep yet: ring the doorbell
     full fence
     if not empty: sleeping = 0, go on
     wait on the doorbell fd, GRACE (1 ms) at most the first time,
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import select
 import time
-from collections.abc import Iterable
 
 from .doorbell import Doorbell, doorbell_address
 from .layout import StartMode
@@ -75,8 +75,13 @@ class CodeQueue:
         self.capacity = capacity
         self.max_code = self._ring.max_code
         self.doorbell = Doorbell(doorbell_address(shm.key, name))
+        self._ring.waker = self.doorbell.ring  # no fence: see GRACE above
         shm.on_detach(self.close)
-        # bind the hot methods once: they are called per code
+        # Bind the hot methods once: they are called per code.
+        # push(code) -> bool: False when it does not fit now; CodeTooLarge
+        # for a code that never could.  push_many(codes) -> how many fit.
+        self.push = self._ring.push
+        self.push_many = self._ring.push_many
         self.pop = self._ring.pop
         self.peek = self._ring.peek
         self.pop_many = self._ring.pop_many
@@ -88,24 +93,6 @@ class CodeQueue:
         return (name, CodeQueue.KIND, region_size(capacity))
 
     # -- producer ---------------------------------------------------------------
-    def push(self, code: bytes) -> bool:
-        """Append one code; False when it does not fit now.  Raises
-        ``CodeTooLarge`` for a code that could never fit."""
-        ring = self._ring
-        if not ring.push(code):
-            return False
-        if ring.sleeping:  # no fence here: see GRACE in the module docstring
-            self.doorbell.ring()
-        return True
-
-    def push_many(self, codes: Iterable[bytes]) -> int:
-        """Append codes in order while they fit; returns how many did."""
-        ring = self._ring
-        count = ring.push_many(codes)
-        if count and ring.sleeping:
-            self.doorbell.ring()
-        return count
-
     def recover_producer(self) -> None:
         self._ring.recover_producer()
 

@@ -26,7 +26,8 @@ writing them and lets the other side read a torn 0)::
        136  popped       consumer: codes consumed
        144  popped_prev  consumer: ``popped`` before the batch in flight
        152  popped_at    consumer: the ``head`` that ``popped`` belongs to
-       192  sleeping     consumer: 1 while it waits on its doorbell
+       192  sleep_seq    consumer: odd while it waits on its doorbell (+1 at
+                         each fall asleep and each wake-up)
        256  data         ``capacity`` bytes of records
 
 The commit rule: the producer writes the record bytes, *then* publishes the
@@ -51,7 +52,7 @@ from __future__ import annotations
 import platform
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .errors import CodeTooLarge, CorruptQueue
 
@@ -59,6 +60,7 @@ MAGIC = int.from_bytes(b"CODEQ\0\0\1", "little")
 CONTROL_SIZE = 256
 RECORD_HEADER = 4
 MAX_CODE = (1 << 32) - 1
+_DIRECT = 2048  # codes at least this large are copied one by one, never joined
 
 # u64 word indexes of the fields above
 _MAGIC, _CAPACITY = 0, 1
@@ -112,6 +114,10 @@ class CodeRing:
         self.max_code = min(capacity - RECORD_HEADER, MAX_CODE)
         self._w = region[:CONTROL_SIZE].cast("Q")
         self._data = region[CONTROL_SIZE:]
+        # Called (by the producer) when a push finds the consumer asleep; at
+        # most once per sleep.  The ring itself makes no system calls.
+        self.waker: Callable[[], object] | None = None
+        self._rung = 0
         if init:
             self._format()
         else:
@@ -171,7 +177,8 @@ class CodeRing:
         if w[_POPPED_AT] != w[_HEAD]:
             w[_POPPED] = w[_POPPED_PREV]
             w[_POPPED_AT] = w[_HEAD]
-        w[_SLEEPING] = 0
+        if w[_SLEEPING] & 1:
+            w[_SLEEPING] += 1
 
     # -- byte stream ----------------------------------------------------------------
     def _read(self, pos: int, n: int) -> bytes:
@@ -246,6 +253,9 @@ class CodeRing:
         if not _TSO:
             full_fence()
         w[8] = new_tail  # the commit: the record becomes visible
+        seq = w[24]  # sleep_seq: odd while the consumer sleeps
+        if seq & 1 and seq != self._rung:
+            self._wake(seq)
         return True
 
     def push_many(self, codes: Iterable[bytes]) -> int:
@@ -256,6 +266,7 @@ class CodeRing:
         parts: list[bytes] = []
         count = 0
         size = 0
+        pos = tail
         for code in codes:
             n = len(code)
             if n > self.max_code:
@@ -264,14 +275,28 @@ class CodeRing:
                 raise self._too_large(n)
             if size + n + RECORD_HEADER > room:
                 break
-            parts.append(_pack_len(n))
-            parts.append(code)
+            if n < _DIRECT:  # small: gather, copy once
+                parts.append(_pack_len(n))
+                parts.append(code)
+            else:  # large: copy straight into the ring, no join
+                if parts:
+                    pos = self._write_parts(pos, parts)
+                self._write(pos, _pack_len(n))
+                self._write(pos + RECORD_HEADER, code)
+                pos += RECORD_HEADER + n
             size += n + RECORD_HEADER
             count += 1
         if count:
-            self._write(tail, b"".join(parts))
+            if parts:
+                self._write_parts(pos, parts)
             self._publish_tail(tail + size, count)
         return count
+
+    def _write_parts(self, pos: int, parts: list[bytes]) -> int:
+        blob = b"".join(parts)
+        parts.clear()
+        self._write(pos, blob)
+        return pos + len(blob)
 
     def _publish_tail(self, new_tail: int, count: int) -> None:
         w = self._w
@@ -282,6 +307,15 @@ class CodeRing:
         if not _TSO:
             full_fence()
         w[_TAIL] = new_tail  # the commit: the records become visible
+        seq = w[_SLEEPING]
+        if seq & 1 and seq != self._rung:
+            self._wake(seq)
+
+    def _wake(self, seq: int) -> None:
+        """The consumer sleeps and nobody woke it for this sleep yet."""
+        self._rung = seq
+        if self.waker is not None:
+            self.waker()
 
     def _too_large(self, n: int) -> CodeTooLarge:
         return CodeTooLarge(
@@ -342,8 +376,10 @@ class CodeRing:
         head, tail, used = self._used()
         if not used or max_codes <= 0:
             return []
-        window = min(used, max(max_bytes, RECORD_HEADER))
         first = self._read_len(head, used)
+        if first >= _DIRECT:
+            return self._pop_large(head, used, max_codes, max_bytes)
+        window = min(used, max(max_bytes, RECORD_HEADER))
         if first + RECORD_HEADER > window:
             window = first + RECORD_HEADER
         buf = self._read(head, window)
@@ -366,6 +402,23 @@ class CodeRing:
         self._publish_head(head + i, len(out))
         return out
 
+    def _pop_large(self, head: int, used: int, max_codes: int, max_bytes: int) -> list[bytes]:
+        """pop_many for large records: copy each payload once, straight out
+        of the ring, instead of copying the window and then slicing it."""
+        out: list[bytes] = []
+        pos = head
+        end = head + used
+        taken = 0
+        while pos < end and len(out) < max_codes:
+            n = self._read_len(pos, end - pos)
+            if out and taken + RECORD_HEADER + n > max_bytes:
+                break
+            out.append(self._read(pos + RECORD_HEADER, n))
+            pos += RECORD_HEADER + n
+            taken += RECORD_HEADER + n
+        self._publish_head(pos, len(out))
+        return out
+
     def _publish_head(self, new_head: int, count: int) -> None:
         w = self._w
         popped = w[_POPPED]
@@ -383,10 +436,18 @@ class CodeRing:
 
     @property
     def sleeping(self) -> bool:
-        return self._w[_SLEEPING] != 0
+        return bool(self._w[_SLEEPING] & 1)
+
+    @property
+    def sleep_seq(self) -> int:
+        """Odd while the consumer sleeps; a new value for every sleep, so a
+        producer rings once per sleep, not once per push."""
+        return self._w[_SLEEPING]
 
     def set_sleeping(self, value: bool) -> None:
-        self._w[_SLEEPING] = 1 if value else 0
+        w = self._w
+        if bool(w[_SLEEPING] & 1) != value:
+            w[_SLEEPING] += 1
 
     # -- facts ------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

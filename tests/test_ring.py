@@ -64,7 +64,12 @@ def test_full_and_empty_edges() -> None:
     assert not ring.push(b"c" * 9)  # needs 13
     assert ring.push(b"c" * 8)  # exactly the free space
     assert ring.stats()["free_bytes"] == 0
-    assert [ring.pop(), ring.pop(), ring.pop(), ring.pop()] == [b"a" * 40, b"b" * 40, b"c" * 8, None]
+    assert [ring.pop(), ring.pop(), ring.pop(), ring.pop()] == [
+        b"a" * 40,
+        b"b" * 40,
+        b"c" * 8,
+        None,
+    ]
 
 
 def test_zero_length_codes() -> None:
@@ -109,7 +114,7 @@ def test_randomised_against_a_model() -> None:
         buf, ring = make(capacity)
         model: deque[bytes] = deque()
         used = 0
-        for step in range(3000):
+        for _ in range(3000):
             op = rnd.random()
             if op < 0.35:
                 code = rnd.randbytes(rnd.randint(0, min(ring.max_code, 80)))
@@ -119,7 +124,10 @@ def test_randomised_against_a_model() -> None:
                     model.append(code)
                     used += len(code) + 4
             elif op < 0.5:
-                codes = [rnd.randbytes(rnd.randint(0, min(ring.max_code, 20))) for _ in range(rnd.randint(0, 6))]
+                codes = [
+                    rnd.randbytes(rnd.randint(0, min(ring.max_code, 20)))
+                    for _ in range(rnd.randint(0, 6))
+                ]
                 n = ring.push_many(codes)
                 model.extend(codes[:n])
                 used += sum(len(c) + 4 for c in codes[:n])
@@ -129,7 +137,9 @@ def test_randomised_against_a_model() -> None:
                 if code is not None:
                     used -= len(code) + 4
             else:
-                for code in ring.pop_many(max_codes=rnd.randint(1, 5), max_bytes=rnd.randint(1, 99)):
+                for code in ring.pop_many(
+                    max_codes=rnd.randint(1, 5), max_bytes=rnd.randint(1, 99)
+                ):
                     assert code == model.popleft()
                     used -= len(code) + 4
             s = ring.stats()

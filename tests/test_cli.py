@@ -1,0 +1,56 @@
+"""The command line, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from server.codequeue import CodeQueue
+from server.shm import SHMFactory
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_demo_shows_codes_surviving_kill_9(key: int) -> None:
+    result = run("demo", "--key", hex(key), "--codes", "500")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "start mode INIT" in out
+    assert "kill -9" in out and "exit -9" in out
+    assert "start mode RECOVER" in out
+    assert "found 500 pending codes" in out and "all there, in order" in out
+    assert not SHMFactory.exists(key)
+
+
+def test_inspect_and_clean(key: int) -> None:
+    with SHMFactory.create_product(key, 1 << 16) as shm:
+        q = CodeQueue(shm, 3333, "inbound")
+        shm.mark_ready()
+        q.push_many([b"a", b"bb", b"ccc"])
+        q.pop()
+        busy = run("clean", "--key", hex(key))
+        assert busy.returncode == 1 and busy.stderr.startswith("Error: ")
+        assert "still attached by 1 process" in busy.stderr
+    result = run("inspect", "--key", hex(key), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["start_mode"] == "init" and info["generation"] == 1
+    assert info["segment"]["mode"] == "0600"
+    assert info["queues"]["inbound"]["pending"] == 2
+    assert info["queues"]["inbound"]["pushed"] == 3
+    table = run("inspect", "--key", hex(key))
+    assert "inbound" in table.stdout and "pending" in table.stdout
+    assert run("clean", "--key", hex(key)).returncode == 0
+    assert not SHMFactory.exists(key)
+    missing = run("inspect", "--key", hex(key))
+    assert missing.returncode == 1 and "is the server running?" in missing.stderr
+
+
+def test_bad_key_is_a_usage_error() -> None:
+    result = run("inspect", "--key", "banana")
+    assert result.returncode == 2 and "0x53544350" in result.stderr

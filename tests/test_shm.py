@@ -1,0 +1,172 @@
+"""SHMFactory against real System V segments."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+import sysv_ipc
+
+from server.codequeue import CodeQueue
+from server.errors import CorruptQueue, SegmentError, SegmentInUse, SegmentPermissionError
+from server.shm import SHMFactory, StartMode
+
+SIZE = 64 * 1024
+
+
+def _hold(key: int, seconds: float) -> None:
+    seg = sysv_ipc.SharedMemory(key, 0)
+    time.sleep(seconds)
+    seg.detach()
+
+
+def attached_elsewhere(procs, key: int) -> None:  # type: ignore[no-untyped-def]
+    """Start a process that stays attached to ``key``."""
+    seg = sysv_ipc.SharedMemory(key, 0)
+    before = seg.number_attached
+    procs.start(_hold, key, 30)
+    deadline = time.monotonic() + 5
+    while seg.number_attached == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seg.detach()
+
+
+def make_ready(key: int, size: int = SIZE) -> None:
+    with SHMFactory.create_product(key, size) as shm:
+        q = CodeQueue(shm, 1000, "in")
+        q.push(b"pending")
+        shm.mark_ready()
+
+
+def test_init_then_recover(key: int) -> None:
+    shm = SHMFactory.create_product(key, SIZE)
+    assert shm.start_mode is StartMode.INIT
+    assert shm.generation == 1
+    assert shm.stat()["mode"] == "0600"
+    q = CodeQueue(shm, 1000, "in")
+    q.push(b"survives")
+    shm.mark_ready()
+    shm.detach()
+
+    shm = SHMFactory.create_product(key, SIZE)
+    assert shm.start_mode is StartMode.RECOVER
+    assert shm.generation == 2
+    assert CodeQueue(shm, 1000, "in").pop() == b"survives"
+    shm.mark_ready()
+    shm.detach()
+    assert SHMFactory.remove(key)
+    assert not SHMFactory.exists(key)
+    assert not SHMFactory.remove(key)
+
+
+@pytest.mark.parametrize("new_size", [SIZE // 2, SIZE * 2])
+def test_another_size_is_recreated_with_a_warning(key: int, new_size: int, caplog) -> None:  # type: ignore[no-untyped-def]
+    make_ready(key)
+    with caplog.at_level(logging.WARNING), SHMFactory.create_product(key, new_size) as shm:
+        assert shm.start_mode is StartMode.INIT
+        assert shm.size == new_size
+    assert f"has {SIZE} bytes but this configuration needs {new_size}" in caplog.text
+
+
+def test_another_size_is_refused_while_others_are_attached(key: int, procs) -> None:  # type: ignore[no-untyped-def]
+    make_ready(key)
+    attached_elsewhere(procs, key)
+    with pytest.raises(SegmentInUse) as info:
+        SHMFactory.create_product(key, SIZE * 2)
+    assert info.value.attached == 1
+    assert "stop them first" in str(info.value)
+    with pytest.raises(SegmentInUse):
+        SHMFactory.remove(key)
+    # the segment was left alone
+    with SHMFactory.create_product(key, SIZE) as shm:
+        assert shm.start_mode is StartMode.RECOVER
+
+
+def test_a_changed_layout_is_recreated_when_announced(key: int, caplog) -> None:  # type: ignore[no-untyped-def]
+    make_ready(key)
+    layout = [CodeQueue.layout(2000, "in")]
+    with caplog.at_level(logging.WARNING), SHMFactory.create_product(key, SIZE, layout) as shm:
+        assert shm.start_mode is StartMode.INIT
+    assert "the layout changed" in caplog.text
+    same = [CodeQueue.layout(1000, "in")]
+    make_ready(key)
+    with SHMFactory.create_product(key, SIZE, same) as shm:
+        assert shm.start_mode is StartMode.RECOVER
+
+
+def test_an_interrupted_init_is_done_again(key: int, caplog) -> None:  # type: ignore[no-untyped-def]
+    shm = SHMFactory.create_product(key, SIZE)
+    CodeQueue(shm, 1000, "in").push(b"half-made")
+    shm.detach()  # never marked ready: as if killed during INIT
+    with caplog.at_level(logging.WARNING), SHMFactory.create_product(key, SIZE) as shm:
+        assert shm.start_mode is StartMode.INIT
+        assert CodeQueue(shm, 1000, "in").pop() is None
+    assert "initialisation never completed" in caplog.text
+
+
+def test_a_corrupt_header_is_reinitialised_or_refused(key: int, procs, caplog) -> None:  # type: ignore[no-untyped-def]
+    make_ready(key)
+    seg = sysv_ipc.SharedMemory(key, 0)
+    seg.write(b"\xde\xad\xbe\xef" * 2, 0)
+    seg.detach()
+    attached_elsewhere(procs, key)
+    with pytest.raises(SegmentInUse, match="unknown magic"):
+        SHMFactory.create_product(key, SIZE)
+    procs.kill_all()
+    with caplog.at_level(logging.WARNING), SHMFactory.create_product(key, SIZE) as shm:
+        assert shm.start_mode is StartMode.INIT
+    assert "re-initialising" in caplog.text and "unknown magic" in caplog.text
+
+
+def test_open_permissions_are_refused(key: int) -> None:
+    seg = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=0o666, size=SIZE)
+    seg.detach()
+    with pytest.raises(SegmentPermissionError, match="mode 0666") as info:
+        SHMFactory.create_product(key, SIZE)
+    assert info.value.found == 0o666
+    with pytest.raises(SegmentPermissionError):
+        SHMFactory.attach(key)
+
+
+def _create_as(uid: int, key: int) -> None:
+    os.setuid(uid)
+    sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=0o600, size=SIZE).detach()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a segment as another user")
+def test_another_users_segment_is_refused(key: int, procs) -> None:  # type: ignore[no-untyped-def]
+    p = procs.start(_create_as, 65534, key)
+    p.join(10)
+    assert p.exitcode == 0
+    with pytest.raises(SegmentPermissionError, match="belongs to uid 65534"):
+        SHMFactory.create_product(key, SIZE)
+
+
+def test_attach_needs_a_ready_segment(key: int) -> None:
+    with pytest.raises(SegmentError, match="is the server running"):
+        SHMFactory.attach(key)
+    make_ready(key)
+    with SHMFactory.attach(key) as shm:
+        assert shm.start_mode is StartMode.RECOVER
+        assert shm.generation == 1  # attaching is not a start
+        assert CodeQueue(shm, 1000, "in").pop() == b"pending"
+
+
+def test_a_segment_too_small_for_a_header_is_refused(key: int) -> None:
+    with pytest.raises(ValueError, match="at least 4096"):
+        SHMFactory.create_product(key, 100)
+
+
+def test_a_corrupt_length_in_a_real_segment_is_named(key: int) -> None:
+    make_ready(key)
+    seg = sysv_ipc.SharedMemory(key, 0)
+    seg.write((10**6).to_bytes(4, "little"), 4096 + 256)  # the pending record's length
+    seg.detach()
+    with SHMFactory.create_product(key, SIZE) as shm:
+        assert shm.start_mode is StartMode.RECOVER
+        with pytest.raises(CorruptQueue, match="record length") as info:
+            CodeQueue(shm, 1000, "in")
+        assert info.value.found == 10**6
+        assert "python -m server clean" in str(info.value)
