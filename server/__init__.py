@@ -10,6 +10,11 @@ operation):
   ``SharedMemory`` allocator that places objects in order.
 * ``doorbell``  — how a producer wakes a sleeping consumer.
 * ``codequeue`` — ``CodeQueue``: a ring placed in a segment, with a doorbell.
+* ``framing``   — length-prefixed and line framing of the TCP stream (pure).
+* ``codes``     — the codes between the connect and logic processes, and
+  connection ids that carry a generation (pure).
+* ``journal``   — the logic process's step journal: exactly-once replies
+  across crashes, and poison codes set aside (pure).
 """
 
 __version__ = "0.1.0"

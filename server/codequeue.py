@@ -85,6 +85,8 @@ class CodeQueue:
         self.pop = self._ring.pop
         self.peek = self._ring.peek
         self.pop_many = self._ring.pop_many
+        self.peek_many = self._ring.peek_many
+        self.commit_head = self._ring.commit_head
         self.empty = self._ring.empty
 
     @staticmethod

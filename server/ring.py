@@ -373,12 +373,23 @@ class CodeRing:
         """Remove up to ``max_codes`` codes, about ``max_bytes`` of records
         (always at least one code if any is there), with one head update.
         The pending bytes are copied out once and parsed in one pass."""
+        out, new_head = self.peek_many(max_codes, max_bytes)
+        if out:
+            self._publish_head(new_head, len(out))
+        return out
+
+    def peek_many(
+        self, max_codes: int = 1 << 30, max_bytes: int = 1 << 20
+    ) -> tuple[list[bytes], int]:
+        """Like ``pop_many`` but consumes nothing: returns the codes and the
+        head position after them, for a later ``commit_head``.  (A consumer
+        that must finish its work before the codes count as consumed.)"""
         head, tail, used = self._used()
         if not used or max_codes <= 0:
-            return []
+            return [], head
         first = self._read_len(head, used)
         if first >= _DIRECT:
-            return self._pop_large(head, used, max_codes, max_bytes)
+            return self._peek_large(head, used, max_codes, max_bytes)
         window = min(used, max(max_bytes, RECORD_HEADER))
         if first + RECORD_HEADER > window:
             window = first + RECORD_HEADER
@@ -399,11 +410,12 @@ class CodeRing:
             i = j
             if len(out) >= max_codes:
                 break
-        self._publish_head(head + i, len(out))
-        return out
+        return out, head + i
 
-    def _pop_large(self, head: int, used: int, max_codes: int, max_bytes: int) -> list[bytes]:
-        """pop_many for large records: copy each payload once, straight out
+    def _peek_large(
+        self, head: int, used: int, max_codes: int, max_bytes: int
+    ) -> tuple[list[bytes], int]:
+        """peek_many for large records: copy each payload once, straight out
         of the ring, instead of copying the window and then slicing it."""
         out: list[bytes] = []
         pos = head
@@ -416,8 +428,22 @@ class CodeRing:
             out.append(self._read(pos + RECORD_HEADER, n))
             pos += RECORD_HEADER + n
             taken += RECORD_HEADER + n
-        self._publish_head(pos, len(out))
-        return out
+        return out, pos
+
+    def commit_head(self, new_head: int, count: int) -> None:
+        """Consume ``count`` codes ending at ``new_head`` (from ``peek_many``)."""
+        head, tail, used = self._used()
+        if not head <= new_head <= tail:
+            raise self._corrupt("new head", new_head, f"{head}..{tail}")
+        self._publish_head(new_head, count)
+
+    @property
+    def head(self) -> int:
+        return self._w[_HEAD]
+
+    @property
+    def tail(self) -> int:
+        return self._w[_TAIL]
 
     def _publish_head(self, new_head: int, count: int) -> None:
         w = self._w

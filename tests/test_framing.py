@@ -1,0 +1,68 @@
+"""Framing, fed all at once and one byte at a time."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.errors import FrameTooLarge, ProtocolError
+from server.framing import LengthFraming, LineFraming, make_framing
+
+PAYLOADS = [b"", b"a", b"hello world", bytes(range(256)) * 4, b"x" * 100]
+
+
+def feed_bytewise(framer: LengthFraming | LineFraming, data: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    for i in range(len(data)):
+        out += framer.feed(data[i : i + 1])
+    return out
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_length_framing_round_trip(bytewise: bool) -> None:
+    framer = LengthFraming(max_frame=1024)
+    stream = b"".join(framer.encode(p) for p in PAYLOADS)
+    got = feed_bytewise(framer, stream) if bytewise else framer.feed(stream)
+    assert got == PAYLOADS
+    assert framer.buffered == 0
+
+
+def test_length_framing_keeps_a_partial_frame() -> None:
+    framer = LengthFraming()
+    assert framer.feed(b"\0\0\0\x05hel") == []
+    assert framer.buffered == 7
+    assert framer.feed(b"lo\0\0") == [b"hello"]
+    assert framer.feed(b"\0\0") == [b""]
+
+
+def test_length_framing_refuses_a_large_header_before_its_payload() -> None:
+    framer = LengthFraming(max_frame=100)
+    framer.feed((100).to_bytes(4, "big") + b"x" * 100)
+    with pytest.raises(FrameTooLarge) as info:
+        framer.feed((101).to_bytes(4, "big"))
+    assert (info.value.size, info.value.limit) == (101, 100)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_line_framing(bytewise: bool) -> None:
+    framer = LineFraming(max_frame=20)
+    stream = b"hello\nworld\r\n\nlast"
+    got = feed_bytewise(framer, stream) if bytewise else framer.feed(stream)
+    assert got == [b"hello", b"world", b""]
+    assert framer.feed(b"\n") == [b"last"]
+    assert framer.encode(b"hi") == b"hi\n" and framer.encode(b"hi\n") == b"hi\n"
+
+
+def test_line_framing_limits() -> None:
+    framer = LineFraming(max_frame=5)
+    assert framer.feed(b"12345\r\n") == [b"12345"]
+    assert framer.feed(b"12345\r") == []  # may still end well
+    with pytest.raises(FrameTooLarge, match="without a newline"):
+        LineFraming(max_frame=5).feed(b"1234567")
+    with pytest.raises(FrameTooLarge, match="line of 6 bytes"):
+        LineFraming(max_frame=5).feed(b"123456\n")
+
+
+def test_unknown_framing_is_named() -> None:
+    with pytest.raises(ProtocolError, match="'xml'.*length, line"):
+        make_framing("xml")
