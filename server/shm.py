@@ -239,7 +239,11 @@ class SHMFactory:
                 continue
             problem = _recover_problem(seg, size, layout)
             if problem is None:
-                shm = SharedMemory(seg, StartMode.RECOVER, key=key, segment=seg)
+                try:
+                    shm = SharedMemory(seg, StartMode.RECOVER, key=key, segment=seg)
+                except BaseException:
+                    seg.detach()
+                    raise
                 shm.header.record_start(StartMode.RECOVER)
                 log.info(
                     "attached segment %s (generation %d): RECOVER",
