@@ -72,6 +72,7 @@ class CodeQueue:
         region = shm.place(name, self.KIND, region_size(capacity))
         init = shm.start_mode is StartMode.INIT
         self._ring = CodeRing(region, capacity, init=init, check_records=check_records)
+        self.ring = self._ring  # for the step journal, which reads head and tail
         self.capacity = capacity
         self.max_code = self._ring.max_code
         self.doorbell = Doorbell(doorbell_address(shm.key, name))
@@ -88,6 +89,7 @@ class CodeQueue:
         self.peek_many = self._ring.peek_many
         self.commit_head = self._ring.commit_head
         self.empty = self._ring.empty
+        self.room = self._ring.room
 
     @staticmethod
     def layout(capacity: int, name: str = "codequeue") -> tuple[str, str, int]:

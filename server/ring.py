@@ -437,6 +437,10 @@ class CodeRing:
             raise self._corrupt("new head", new_head, f"{head}..{tail}")
         self._publish_head(new_head, count)
 
+    def room(self) -> int:
+        """Free bytes now (a code of n bytes needs n + 4)."""
+        return self.capacity - self._used()[2]
+
     @property
     def head(self) -> int:
         return self._w[_HEAD]
