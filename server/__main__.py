@@ -1,9 +1,11 @@
-"""Command line: ``python -m server demo | inspect | clean``.
+"""Command line: ``python -m server run | client | inspect | clean | demo``.
 
 Examples:
+    python -m server run --app chat       # a chat room on 127.0.0.1:7000
+    python -m server client               # talk to it (or: nc 127.0.0.1 7000)
+    python -m server inspect --json       # processes, queues, restarts
+    python -m server clean                # remove the segment (server stopped)
     python -m server demo                 # codes survive a kill -9, step by step
-    python -m server inspect --key 0x53544350 --json
-    python -m server clean --key 0x53544350
 
 Exit codes: 0 success, 1 an error (printed as ``Error: ...``), 2 bad usage,
 130 interrupted.
@@ -22,12 +24,18 @@ import sys
 import time
 from typing import Any
 
+from . import client, connect, logic
+from .app import load_app
 from .codequeue import CodeQueue
-from .errors import ServerError
+from .config import DEFAULT_KEY, DEFAULT_PORT, ServerConfig
+from .conntable import ConnTable
+from .errors import SegmentInUse, ServerError
+from .journal import StepJournal
 from .ring import CONTROL_SIZE
 from .shm import SharedMemory, SHMFactory
+from .status import StatusBoard
+from .supervisor import Supervisor
 
-DEFAULT_KEY = 0x53544350  # "STCP"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -46,6 +54,18 @@ def parse_key(text: str) -> int:
 # -- inspect ----------------------------------------------------------------------
 
 
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def describe(shm: SharedMemory) -> dict[str, Any]:
     """Everything in the segment, read without changing it."""
     header = shm.header
@@ -62,8 +82,19 @@ def describe(shm: SharedMemory) -> dict[str, Any]:
         if p.kind == CodeQueue.KIND:
             q = CodeQueue(shm, p.size - CONTROL_SIZE, p.name, check_records=False)
             info["queues"][p.name] = q.stats()
-        else:
-            shm.place(p.name, p.kind, p.size)
+            continue
+        region = shm.place(p.name, p.kind, p.size)
+        if p.kind == StatusBoard.KIND:
+            board = StatusBoard(region, init=False).describe()
+            for proc in board["processes"].values():
+                proc["alive"] = _alive(proc["pid"])
+            info.update(board)
+        elif p.kind == ConnTable.KIND:
+            info["connections"] = ConnTable(region, p.size // 8, init=False).count_open()
+        elif p.kind == StepJournal.KIND:
+            info["set_aside"] = StepJournal(region, init=False).set_aside_count
+    if "inbound" in info["queues"]:
+        info["codes_processed"] = info["queues"]["inbound"]["popped"]
     return info
 
 
@@ -73,20 +104,37 @@ def print_table(info: dict[str, Any]) -> None:
         f"segment  key 0x{seg['key']:08x}  id {seg['id']}  {seg['size']} bytes  mode {seg['mode']}"
     )
     print(
-        f"         attached by {seg['attached']} process(es); last start {info['start_mode']}, generation {info['generation']}"
+        f"         attached by {seg['attached']} process(es); last start {info['start_mode']}, "
+        f"generation {info['generation']}"
     )
-    print(f"{'object':<16} {'kind':<12} {'offset':>8} {'size':>9}")
-    for o in info["objects"]:
-        print(f"{o['name']:<16} {o['kind']:<12} {o['offset']:>8} {o['size']:>9}")
+    if "processes" in info:
+        print(
+            f"\n{'process':<11} {'pid':>8} {'alive':>6} {'restarts':>9} {'heartbeat':>10}  last start"
+        )
+        for role, p in info["processes"].items():
+            print(
+                f"{role:<11} {p['pid'] or '-':>8} {'yes' if p['alive'] else 'no':>6} "
+                f"{p['restarts']:>9} {p['heartbeat']:>10}  {p['last_start']}"
+            )
     if info["queues"]:
         print(
-            f"\n{'queue':<16} {'pending':>8} {'used':>10} {'free':>10} {'pushed':>10} {'popped':>10}"
+            f"\n{'queue':<11} {'pending':>8} {'used':>10} {'free':>10} {'pushed':>10} {'popped':>10}"
         )
         for name, s in info["queues"].items():
             print(
-                f"{name:<16} {s['pending']:>8} {s['used_bytes']:>10} {s['free_bytes']:>10} "
+                f"{name:<11} {s['pending']:>8} {s['used_bytes']:>10} {s['free_bytes']:>10} "
                 f"{s['pushed']:>10} {s['popped']:>10}"
             )
+    if "connections" in info:
+        print(
+            f"\nconnections open {info['connections']}; codes processed "
+            f"{info.get('codes_processed', 0)}; poison codes set aside {info.get('set_aside', 0)}"
+        )
+    if "counters" in info:
+        print("  ".join(f"{k} {v}" for k, v in info["counters"].items()))
+    print(f"\n{'object':<11} {'kind':<12} {'offset':>8} {'size':>9}")
+    for o in info["objects"]:
+        print(f"{o['name']:<11} {o['kind']:<12} {o['offset']:>8} {o['size']:>9}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -100,11 +148,61 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    if SHMFactory.remove(args.key):
+    try:
+        removed = SHMFactory.remove(args.key)
+    except SegmentInUse as err:
+        attached = getattr(err, "attached", "some")
+        raise SegmentInUse(
+            f"segment 0x{args.key:08x} is still attached by {attached} process(es): is the "
+            f"server running? stop it first (Ctrl-C, or kill the supervisor pid that "
+            f"`inspect` shows)",
+            key=args.key,
+            attached=attached,
+        ) from None
+    if removed:
         print(f"removed segment 0x{args.key:08x}")
     else:
         print(f"no segment 0x{args.key:08x}: nothing to do")
     return EXIT_OK
+
+
+# -- run, worker, client ---------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if os.getcwd() not in sys.path:  # --app MODULE:ATTR from the current directory
+        sys.path.insert(0, os.getcwd())
+    app = load_app(args.app)
+    cfg = ServerConfig(
+        app=args.app,
+        host=args.host,
+        port=args.port,
+        key=args.key,
+        framing=args.framing or getattr(app, "framing", "length"),
+        max_frame=args.max_frame,
+        max_conns=args.max_conns,
+        queue_bytes=args.queue_bytes,
+        idle_timeout=args.idle_timeout,
+        out_buffer=args.out_buffer,
+        send_timeout=args.send_timeout,
+        hang_timeout=args.hang_timeout,
+        full_message=getattr(app, "full_message", ServerConfig.full_message),
+    ).validate()
+    cfg.check_fd_limit()
+    return Supervisor(cfg).run()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.from_json(args.config)
+    if args.role == "connect":
+        if args.listen_fd is None:
+            raise ServerError("the connect worker needs --listen-fd")
+        return connect.main(cfg, args.listen_fd)
+    return logic.main(cfg)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    return client.main(args.host, args.port)
 
 
 # -- demo -------------------------------------------------------------------------
@@ -195,6 +293,84 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=cmd_inspect)
 
+    run = sub.add_parser(
+        "run",
+        help="run the server (supervisor, connect and logic processes)",
+        description="Run the server. Ctrl-C stops it gracefully; the segment stays, so the "
+        "next run recovers whatever was pending.",
+    )
+    defaults = ServerConfig()
+    run.add_argument("--app", default="echo", help="echo, chat or MODULE:ATTR (default echo)")
+    run.add_argument(
+        "--host", default=defaults.host, help="address to listen on (default %(default)s)"
+    )
+    run.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="TCP port; 0 picks a free one (default %(default)s)",
+    )
+    run.add_argument(
+        "--key", type=parse_key, default=DEFAULT_KEY, help="segment key (default 0x53544350)"
+    )
+    run.add_argument(
+        "--framing", choices=["length", "line"], help="default: the app's (echo length, chat line)"
+    )
+    run.add_argument(
+        "--max-frame",
+        type=int,
+        default=defaults.max_frame,
+        help="largest frame in bytes; a larger one closes that connection (default %(default)s)",
+    )
+    run.add_argument(
+        "--max-conns",
+        type=int,
+        default=defaults.max_conns,
+        help="clients at once (default %(default)s)",
+    )
+    run.add_argument(
+        "--queue-bytes",
+        type=int,
+        default=defaults.queue_bytes,
+        help="capacity of each code queue (default %(default)s)",
+    )
+    run.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        help="close a client silent this many seconds; 0 never (default %(default)s)",
+    )
+    run.add_argument(
+        "--out-buffer",
+        type=int,
+        default=defaults.out_buffer,
+        help="unread reply bytes before reading from a client pauses (default %(default)s)",
+    )
+    run.add_argument(
+        "--send-timeout",
+        type=float,
+        default=defaults.send_timeout,
+        help="close a client that takes no reply bytes for this long (default %(default)s)",
+    )
+    run.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=defaults.hang_timeout,
+        help="restart a worker without heartbeat for this long (default %(default)s)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    worker = sub.add_parser("worker")  # started by `run`, not by people
+    worker.add_argument("role", choices=["connect", "logic"])
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--listen-fd", type=int)
+    worker.set_defaults(func=cmd_worker)
+
+    cli = sub.add_parser("client", help="a small interactive line client (for the chat app)")
+    cli.add_argument("--host", default="127.0.0.1")
+    cli.add_argument("--port", type=int, default=DEFAULT_PORT)
+    cli.set_defaults(func=cmd_client)
+
     clean = sub.add_parser("clean", help="remove a segment (refused while in use)")
     clean.add_argument("--key", type=parse_key, default=DEFAULT_KEY)
     clean.set_defaults(func=cmd_clean)
@@ -203,9 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    role = {"run": "supervisor", "worker": getattr(args, "role", "")}.get(
+        args.command, args.command
+    )
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format=f"%(asctime)s {os.getpid()} %(name)s %(levelname)s %(message)s",
+        format=f"%(asctime)s {role}[{os.getpid()}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     try:

@@ -1,0 +1,176 @@
+"""What an application sees, and how codes reach it (pure core).
+
+An application is any object that may define::
+
+    on_open(conn)                    a client connected
+    on_message(conn, payload: bytes) one frame arrived
+    on_close(conn)                   the client is gone (conn.close_reason says why)
+
+and optionally the class attributes ``framing`` ("length" or "line", the
+default for ``run``) and ``full_message`` (what a client is told when the
+server is full).  ``--app MODULE:ATTR`` names a class or a factory called
+with no arguments.
+
+``conn`` is a ``Conn``: ``conn.id``, ``conn.peer``, ``conn.send(data)``,
+``conn.broadcast(data, include_self=False)`` and ``conn.close()``.  Nothing
+is written to a socket here: each call appends an outbound code to the
+``Outbox`` of the step in progress, and the logic process publishes the
+whole outbox at once (see ``server.logic``).  The app must not keep state it
+cannot lose: the logic process may be killed and restarted at any moment,
+and then replays the codes whose replies were not published.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from .codes import HEADER_SIZE as CODE_HEADER
+from .codes import NO_CONN, BadCode, Kind, decode, encode
+from .config import ConfigError
+from .errors import CodeTooLarge
+from .ring import RECORD_HEADER
+
+log = logging.getLogger("server.app")
+
+BUILTIN_APPS = {"echo": "server.apps:Echo", "chat": "server.apps:Chat"}
+
+
+class Outbox:
+    """The outbound codes of one step, with their size in the queue."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # bytes of queue the replies of a step may take
+        self.codes: list[bytes] = []
+        self.size = 0
+
+    def clear(self) -> None:
+        self.codes = []
+        self.size = 0
+
+    def _add(self, kind: Kind, conn: int, body: bytes) -> None:
+        need = CODE_HEADER + len(body) + RECORD_HEADER
+        if self.size + need > self.limit:
+            raise CodeTooLarge(
+                f"the replies to one request would take more than {self.limit} bytes of the "
+                f"outbound queue; send less per request or raise --queue-bytes",
+                size=self.size + need,
+                limit=self.limit,
+            )
+        self.codes.append(encode(kind, conn, body))
+        self.size += need
+
+    def send(self, conn: int, data: bytes) -> None:
+        self._add(Kind.SEND, conn, bytes(data))
+
+    def broadcast(self, data: bytes, exclude: int = NO_CONN) -> None:
+        self._add(Kind.BROADCAST, exclude, bytes(data))
+
+    def close(self, conn: int, reason: str = "closed by the app") -> None:
+        self._add(Kind.CLOSE, conn, reason.encode())
+
+
+class Conn:
+    """One client connection, as the app sees it."""
+
+    __slots__ = ("id", "peer", "close_reason", "_outbox")
+
+    def __init__(self, conn: int, peer: str, outbox: Outbox) -> None:
+        self.id = conn
+        self.peer = peer
+        self.close_reason = ""
+        self._outbox = outbox
+
+    def send(self, data: bytes) -> None:
+        self._outbox.send(self.id, data)
+
+    def broadcast(self, data: bytes, include_self: bool = False) -> None:
+        self._outbox.broadcast(data, NO_CONN if include_self else self.id)
+
+    def close(self, reason: str = "closed by the app") -> None:
+        self._outbox.close(self.id, reason)
+
+    def __repr__(self) -> str:
+        return f"<Conn {self.id:#x} {self.peer}>"
+
+
+class Dispatcher:
+    """Turns inbound codes into app calls; the app's replies go to ``outbox``."""
+
+    def __init__(self, app: Any, outbox: Outbox) -> None:
+        self.app = app
+        self.outbox = outbox
+        self.conns: dict[int, Conn] = {}
+        self.errors = 0
+        self._on_open = getattr(app, "on_open", None)
+        self._on_message = getattr(app, "on_message", None)
+        self._on_close = getattr(app, "on_close", None)
+
+    def _conn(self, conn: int, peer: str = "?") -> Conn:
+        c = self.conns.get(conn)
+        if c is None:  # a connection opened before this process started
+            c = self.conns[conn] = Conn(conn, peer, self.outbox)
+        return c
+
+    def handle(self, raw: bytes) -> None:
+        try:
+            kind, conn, body = decode(raw)
+        except BadCode as err:
+            self.errors += 1
+            log.error("skipping a bad inbound code: %s", err)
+            return
+        try:
+            if kind is Kind.MESSAGE:
+                if self._on_message is not None:
+                    self._on_message(self._conn(conn), body)
+            elif kind is Kind.OPENED:
+                c = self._conn(conn, body.decode(errors="replace"))
+                if self._on_open is not None:
+                    self._on_open(c)
+            elif kind is Kind.CLOSED:
+                c = self.conns.pop(conn) if conn in self.conns else Conn(conn, "?", self.outbox)
+                c.close_reason = body.decode(errors="replace")
+                if self._on_close is not None:
+                    self._on_close(c)
+            else:
+                self.errors += 1
+                log.error("skipping an outbound code kind %s found in the inbound queue", kind.name)
+        except Exception:
+            self.errors += 1
+            log.exception("the app raised handling %s from connection %#x", kind.name, conn)
+
+
+def load_app(spec: str) -> Any:
+    """The class or factory named by ``--app`` (``echo``, ``chat`` or
+    ``MODULE:ATTR``)."""
+    target = BUILTIN_APPS.get(spec, spec)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"--app {spec!r}: give echo, chat, or MODULE:ATTR (a class or factory in an "
+            f"importable module)",
+            option="--app",
+            value=spec,
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"--app {spec!r}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?",
+            option="--app",
+            value=spec,
+        ) from None
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(
+            f"--app {spec!r}: module {module_name!r} has no attribute {attr!r}",
+            option="--app",
+            value=spec,
+        ) from None
+    if not callable(factory):
+        raise ConfigError(
+            f"--app {spec!r}: {attr!r} is not a class or factory", option="--app", value=spec
+        )
+    return factory

@@ -1,0 +1,315 @@
+"""The supervisor: owns the segment and the listening socket, runs the workers.
+
+``python -m server run`` is this process.  It
+
+1. binds the listening socket (so a busy port fails before anything else);
+2. makes the segment: INIT when it is new, RECOVER when an earlier run left
+   it (its pending codes are then processed by the new workers);
+3. starts the connect process (handing it the listening socket) and the
+   logic process, each a fresh interpreter: ``python -m server worker ROLE``;
+4. watches them: a worker that exits or is killed is restarted after a
+   back-off; one whose heartbeat word stops moving for ``hang_timeout``
+   seconds is killed with SIGKILL and restarted.  Each restart and its
+   reason go to the log and to the status board (``inspect`` shows them);
+5. on SIGINT or SIGTERM stops gracefully: the connect process first (no new
+   connections or requests; queued replies are written), then the logic
+   process once it has consumed every inbound code.  The segment stays, so
+   the next ``run`` recovers.  A second signal stops at once.
+
+The decisions (back-off, hang detection) are pure classes at the top.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .config import ServerConfig
+from .errors import SegmentInUse
+from .layout import StartMode
+from .segment import ServerSegment
+from .shm import SHMFactory
+from .status import Reason, Role, StatusBoard
+
+log = logging.getLogger("server.supervisor")
+
+CHECK_INTERVAL = 0.25
+STOP_TIMEOUT = 10.0  # per worker, then SIGKILL
+
+
+class Backoff:
+    """Restart delays: ``first`` doubling up to ``most`` while a worker keeps
+    dying soon after its start; back to ``first`` once one lived ``stable`` s."""
+
+    def __init__(self, first: float = 0.1, most: float = 5.0, stable: float = 10.0) -> None:
+        self.first, self.most, self.stable = first, most, stable
+        self.delay = 0.0
+
+    def next_delay(self, lived: float) -> float:
+        if lived >= self.stable or not self.delay:
+            self.delay = self.first
+        else:
+            self.delay = min(self.most, self.delay * 2)
+        return self.delay
+
+
+class HangWatch:
+    """A worker is hung when its heartbeat has not moved for ``timeout`` s."""
+
+    def __init__(self, timeout: float, now: float) -> None:
+        self.timeout = timeout
+        self.last_beat: int | None = None
+        self.since = now
+
+    def stalled_for(self, beat: int, now: float) -> float:
+        if beat != self.last_beat:
+            self.last_beat = beat
+            self.since = now
+        return now - self.since
+
+    def hung(self, beat: int, now: float) -> bool:
+        return self.stalled_for(beat, now) >= self.timeout
+
+
+@dataclasses.dataclass
+class Worker:
+    role: Role
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    watch: HangWatch | None = None
+    restart_at: float | None = 0.0  # None: not to be restarted
+    reason: Reason = Reason.FIRST_START
+    detail: int = 0
+    hung: bool = False
+    stop_requested: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.role.name.lower()
+
+
+def exit_reason(returncode: int) -> tuple[Reason, int, str]:
+    if returncode < 0:
+        sig = -returncode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return Reason.KILLED, sig, f"was killed by {name}"
+    return Reason.EXITED, returncode, f"exited with status {returncode}"
+
+
+class Supervisor:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.workers = {r: Worker(r) for r in (Role.LOGIC, Role.CONNECT)}
+        self.stop_phase = 0  # 0 running, 1 stopping connect, 2 stopping logic, 3 done
+        self.stop_signals = 0
+        self.phase_deadline = 0.0
+
+    # -- start --------------------------------------------------------------------
+    def open(self) -> None:
+        cfg = self.cfg
+        self.refuse_if_running()
+        try:
+            self.listener = socket.create_server((cfg.host, cfg.port), backlog=1024)
+        except OSError as err:
+            raise SegmentInUse(
+                f"cannot listen on {cfg.host}:{cfg.port}: {err.strerror or err}; "
+                f"is another server using the port? pick another with --port (0: any free one)",
+                host=cfg.host,
+                port=cfg.port,
+            ) from None
+        self.address = self.listener.getsockname()[:2]
+        self.seg = ServerSegment.create(cfg)
+        self.status: StatusBoard = self.seg.status
+        self.beat, self.beat_index = self.status.heartbeat_word(Role.SUPERVISOR)
+        recovered = self.seg.start_mode is StartMode.RECOVER
+        self.status.started(
+            Role.SUPERVISOR, os.getpid(), Reason.RECOVERED if recovered else Reason.FIRST_START
+        )
+        for role in (Role.CONNECT, Role.LOGIC):
+            self.status.set_stopping(role, False)
+        inbound = self.seg.inbound.stats()
+        if recovered:
+            log.info(
+                "start mode RECOVER (generation %d): %d codes pending inbound, %d outbound, "
+                "%d processed before",
+                self.seg.shm.generation,
+                inbound["pending"],
+                self.seg.outbound.stats()["pending"],
+                inbound["popped"],
+            )
+        else:
+            log.info("start mode INIT: a new segment 0x%08x", cfg.key)
+
+    def refuse_if_running(self) -> None:
+        if not SHMFactory.exists(self.cfg.key):
+            return
+        with SHMFactory.attach(self.cfg.key) as shm:
+            others = shm.stat()["attached"] - 1
+        if others > 0:
+            raise SegmentInUse(
+                f"a server is already running with key 0x{self.cfg.key:08x} ({others} process(es) "
+                f"attached); stop it first, or use another --key",
+                key=self.cfg.key,
+                attached=others,
+            )
+
+    def spawn(self, w: Worker, now: float) -> None:
+        verbose = ["-v"] if log.isEnabledFor(logging.DEBUG) else []
+        cmd = [sys.executable, "-m", "server", *verbose, "worker", w.name]
+        cmd += ["--config", self.cfg.to_json()]
+        fds: tuple[int, ...] = ()
+        if w.role is Role.CONNECT:
+            fds = (self.listener.fileno(),)
+            cmd += ["--listen-fd", str(fds[0])]
+        # Its own process group: a Ctrl-C in the terminal reaches only us, and we
+        # stop the workers in order.
+        w.proc = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL, process_group=0)
+        w.started_at = now
+        w.watch = HangWatch(self.cfg.hang_timeout, now)
+        w.restart_at = None
+        w.hung = False
+        self.status.started(w.role, w.proc.pid, w.reason, w.detail)
+        if w.reason is Reason.FIRST_START:
+            log.info("started the %s process, pid %d", w.name, w.proc.pid)
+        else:
+            log.warning(
+                "restarted the %s process, pid %d (restart %d; it %s)",
+                w.name,
+                w.proc.pid,
+                self.status.describe()["processes"][w.name]["restarts"],
+                w.reason.describe(w.detail),
+            )
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        self.open()
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_fd = signal.set_wakeup_fd(wake_w)
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select
+        try:
+            now = time.monotonic()
+            for w in self.workers.values():
+                self.spawn(w, now)
+            print(f"listening on {self.address[0]}:{self.address[1]}", flush=True)
+            while self.stop_phase < 3:
+                select.select([wake_r], [], [], CHECK_INTERVAL)  # signals write to wake_w
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 512):
+                        pass
+                self.check(time.monotonic())
+            return 0
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            os.close(wake_r)
+            os.close(wake_w)
+            self.close()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_signals += 1
+
+    def check(self, now: float) -> None:
+        self.beat[self.beat_index] += 1
+        if self.stop_signals and self.stop_phase == 0:
+            log.info("stop requested: stopping the connect process first")
+            self.stop_phase = 1
+            self.begin_stop(self.workers[Role.CONNECT], now)
+        elif self.stop_signals > 1 and self.stop_phase < 3:
+            log.warning("second stop request: killing the workers now")
+            for w in self.workers.values():
+                self.kill(w)
+                w.restart_at = None
+            self.stop_phase = 3
+            return
+        for w in self.workers.values():
+            self.check_worker(w, now)
+        if self.stop_phase == 1 and self.workers[Role.CONNECT].proc is None:
+            log.info("connect process stopped; stopping the logic process once its queue is empty")
+            self.stop_phase = 2
+            self.begin_stop(self.workers[Role.LOGIC], now)
+        elif self.stop_phase == 2 and self.workers[Role.LOGIC].proc is None:
+            self.stop_phase = 3
+        elif self.stop_phase in (1, 2) and now > self.phase_deadline:
+            w = self.workers[Role.CONNECT if self.stop_phase == 1 else Role.LOGIC]
+            log.warning("the %s process did not stop in %.0f s: killing it", w.name, STOP_TIMEOUT)
+            self.kill(w)
+
+    def begin_stop(self, w: Worker, now: float) -> None:
+        w.restart_at = None
+        w.stop_requested = True
+        self.phase_deadline = now + STOP_TIMEOUT
+        self.status.set_stopping(w.role, True)
+        if w.proc is not None:
+            w.proc.send_signal(signal.SIGTERM)
+
+    def check_worker(self, w: Worker, now: float) -> None:
+        if w.proc is not None:
+            code = w.proc.poll()
+            if code is None:
+                assert w.watch is not None
+                if not w.hung and w.watch.hung(self.status.heartbeat(w.role), now):
+                    w.hung = True
+                    log.error(
+                        "the %s process (pid %d) is hung: no heartbeat for %.1f s; killing it",
+                        w.name,
+                        w.proc.pid,
+                        w.watch.stalled_for(self.status.heartbeat(w.role), now),
+                    )
+                    w.proc.kill()
+                return
+            self.exited(w, code, now)
+        if w.restart_at is not None and now >= w.restart_at:
+            self.spawn(w, now)
+
+    def exited(self, w: Worker, code: int, now: float) -> None:
+        assert w.proc is not None
+        pid = w.proc.pid
+        w.proc = None
+        self.status.stopped(w.role)
+        if w.hung:
+            reason, detail, text = Reason.HUNG, int(self.cfg.hang_timeout), "was hung and killed"
+        else:
+            reason, detail, text = exit_reason(code)
+        if w.stop_requested or self.stop_phase == 3:
+            if code == 0:
+                log.info("the %s process (pid %d) stopped", w.name, pid)
+            else:
+                log.warning("the %s process (pid %d) %s while stopping", w.name, pid, text)
+            return
+        w.reason, w.detail = reason, detail
+        delay = w.backoff.next_delay(now - w.started_at)
+        w.restart_at = now + delay
+        log.warning("the %s process (pid %d) %s; restarting it in %.1f s", w.name, pid, text, delay)
+
+    def kill(self, w: Worker) -> None:
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.kill()
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            if w.proc is not None:
+                self.kill(w)
+                w.proc.wait(5)
+                w.proc = None
+        if hasattr(self, "listener"):
+            self.listener.close()
+        if hasattr(self, "seg"):
+            for role in Role:
+                self.status.stopped(role)
+            self.seg.detach()
+            log.info("stopped; the segment stays for the next run (clean removes it)")
