@@ -80,3 +80,23 @@ def keys(procs: Procs) -> Iterator[list[int]]:
     procs.kill_all()
     for k in made:
         remove_everything(k)
+
+
+@pytest.fixture
+def start_server(key: int, tmp_path):  # type: ignore[no-untyped-def]
+    """start_server(*args) -> a running ServerProc on a free port; every
+    process of it is killed and its segment removed after the test."""
+    from helpers.server import ServerProc
+
+    started: list[ServerProc] = []
+
+    def start(
+        *args: str, log_name: str = "server.log", env: dict[str, str] | None = None
+    ) -> ServerProc:
+        server = ServerProc(key, tmp_path / log_name, *args, env=env).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill_all()

@@ -1,0 +1,195 @@
+"""Run the real server (``python -m server run``) from a test, and clients for it.
+
+``ServerProc`` starts the supervisor on a free port with a test's random key,
+waits for ``listening on``, and on ``stop()``/``kill_all()`` makes sure no
+process of it is left, whatever the test did.  The log goes to a file the
+test can read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from server.__main__ import describe
+from server.shm import SHMFactory
+
+HELPERS = Path(__file__).parent
+
+
+class ServerProc:
+    def __init__(
+        self, key: int, log_path: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.extra_env = env or {}
+        self.key = key
+        self.log_path = log_path
+        self.args = args
+        self.pids: set[int] = set()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> ServerProc:
+        path = os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, PYTHONPATH=path, **self.extra_env)
+        cmd = [sys.executable, "-m", "server", "run", "--port", "0", "--key", hex(self.key)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, *self.args], stdout=subprocess.PIPE, stderr=log, env=env
+            )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while b"\n" not in line:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.kill_all()
+                raise AssertionError(f"no 'listening on' within {timeout} s; log:\n{self.log()}")
+            chunk = os.read(self.proc.stdout.fileno(), 1024)
+            if not chunk:
+                raise AssertionError(f"the server exited ({self.proc.wait()}); log:\n{self.log()}")
+            line += chunk
+        text = line.decode()
+        assert "listening on " in text, text
+        self.port = int(text.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+        self.pids.add(self.proc.pid)
+        self.wait_for(lambda i: all(i["processes"][r]["alive"] for r in ("connect", "logic")))
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def info(self) -> dict[str, Any]:
+        with SHMFactory.attach(self.key) as shm:
+            info = describe(shm)
+        for p in info.get("processes", {}).values():
+            if p["pid"]:
+                self.pids.add(p["pid"])
+        return json.loads(json.dumps(info))
+
+    def pid(self, role: str) -> int:
+        pid = self.info()["processes"][role]["pid"]
+        assert pid, f"no {role} process running"
+        return int(pid)
+
+    def wait_for(self, predicate, timeout: float = 20.0, what: str = "") -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.info()
+            if predicate(info):
+                return info
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out waiting for {what or predicate}: {info}\n{self.log()}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, as a user's Ctrl-C would; returns the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return code
+
+    def kill_all(self) -> None:
+        """SIGKILL the supervisor and every worker it ever reported."""
+        with contextlib.suppress(Exception):
+            self.info()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                self.proc.wait(5)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+        deadline = time.monotonic() + 5
+        for pid in self.pids:  # workers are not our children: wait until they are gone
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.02)
+
+
+# -- clients --------------------------------------------------------------------
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+class EchoClient:
+    """A blocking length-framed client."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, payload: bytes) -> None:
+        self.sock.sendall(frame(payload))
+
+    def _fill(self, n: int) -> bool:
+        while len(self.buf) < n:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                return False
+            self.buf += data
+        return True
+
+    def recv(self) -> bytes | None:
+        """The next frame; None when the server closed the connection."""
+        if not self._fill(4):
+            return None
+        n = struct.unpack(">I", self.buf[:4])[0]
+        if not self._fill(4 + n):
+            return None
+        payload, self.buf = self.buf[4 : 4 + n], self.buf[4 + n :]
+        return payload
+
+    def request(self, payload: bytes) -> bytes | None:
+        self.send(payload)
+        return self.recv()
+
+    def closed_by_server(self, timeout: float = 10.0) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LineClient:
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+
+    def say(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\n")
+
+    def line(self) -> str:
+        return self.file.readline().decode().rstrip("\n")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()

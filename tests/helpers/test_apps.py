@@ -1,0 +1,35 @@
+"""Apps the server tests run with ``--app test_apps:NAME`` (PYTHONPATH=tests/helpers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+class SlowEcho:
+    """Echo, taking ``delay`` seconds per message: lets codes pile up."""
+
+    framing = "length"
+    delay = 0.005
+
+    def on_message(self, conn, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+        time.sleep(self.delay)
+        conn.send(payload)
+
+
+class Troublesome:
+    """Echo, except ``die`` kills the logic process and ``hang`` hangs it:
+    both are poison codes that must be set aside."""
+
+    framing = "length"
+
+    def on_message(self, conn, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+        if payload == b"die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if payload == b"hang":
+            while True:
+                time.sleep(60)
+        if payload == b"raise":
+            raise RuntimeError("the app fails on this message")
+        conn.send(payload)

@@ -1,0 +1,178 @@
+"""Crash recovery of the running server, under load, with real SIGKILLs.
+
+Every request carries a unique payload; the echo app answers each with the
+same payload on the same connection, in order.  "Exactly one reply per
+request" is checked by comparing the replies of every connection with its
+requests, then sending a last request whose reply must come next: a
+duplicated reply would come before it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from helpers.server import EchoClient, ServerProc
+
+
+class Load:
+    """``conns`` clients, each sending ``per_conn`` requests with up to
+    ``window`` in flight, checking every reply as it comes."""
+
+    def __init__(self, port: int, conns: int = 10, per_conn: int = 400, window: int = 8) -> None:
+        self.clients = [EchoClient(port, timeout=30) for _ in range(conns)]
+        self.per_conn = per_conn
+        self.window = window
+        self.errors: list[str] = []
+        self.replies = 0
+        self.threads = [
+            threading.Thread(target=self._drive, args=(i,), daemon=True) for i in range(conns)
+        ]
+
+    def start(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _drive(self, i: int) -> None:
+        c = self.clients[i]
+        want = [b"c%d-r%d" % (i, n) for n in range(self.per_conn)]
+        sent = 0
+        try:
+            for n, expected in enumerate(want):
+                while sent < min(len(want), n + self.window):
+                    c.send(want[sent])
+                    sent += 1
+                got = c.recv()
+                if got != expected:
+                    self.errors.append(f"client {i} reply {n}: got {got!r}, expected {expected!r}")
+                    return
+                self.replies += 1
+            if c.request(b"last") != b"last":
+                self.errors.append(f"client {i}: an extra reply came before the last one")
+        except OSError as err:
+            self.errors.append(f"client {i}: {err!r}")
+
+    def join(self, timeout: float = 60) -> None:
+        for t in self.threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in self.threads), "load did not finish"
+        assert not self.errors, self.errors[:5]
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_kill_9_logic_under_load_every_request_gets_exactly_one_reply(start_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProc = start_server()
+    load = Load(server.port).start()
+    for round_ in range(4):
+        time.sleep(0.3)
+        info = server.wait_for(lambda i: i["processes"]["logic"]["alive"], what="a logic process")
+        victim = info["processes"]["logic"]["pid"]
+        kill(victim)
+        server.wait_for(
+            lambda i, v=victim: (
+                i["processes"]["logic"]["pid"] not in (None, v) and i["processes"]["logic"]["alive"]
+            ),
+            what=f"logic restart {round_ + 1}",
+        )
+    load.join()
+    info = server.info()
+    assert info["processes"]["logic"]["restarts"] >= 4
+    assert info["processes"]["logic"]["last_start"] == "killed by signal 9"
+    assert info["counters"]["replies_dropped"] == 0
+    assert info["connections"] == 10
+    assert load.replies == 10 * 400
+    assert "logic process (pid" in server.log() and "was killed by SIGKILL" in server.log()
+
+
+def test_deaths_between_publishing_and_consuming_lose_and_duplicate_nothing(start_server) -> None:  # type: ignore[no-untyped-def]
+    # The riskiest moment: the replies of a step are published, its codes not
+    # yet consumed.  The logic process SIGKILLs itself right there now and
+    # then (a test-only fault injection: each logic process dies after
+    # publishing its 100th step); the journal must finish the step.
+    server: ServerProc = start_server(env={"STCP_CRASH_AFTER_PUBLISHING_STEP": "100"})
+    load = Load(server.port, conns=6, per_conn=400).start()
+    load.join()
+    info = server.info()
+    assert info["processes"]["logic"]["restarts"] >= 2, "the fault was not injected"
+    assert load.replies == 6 * 400
+    assert "finished the step a crashed process had published" in server.log()
+
+
+def test_kill_9_everything_then_run_again_recovers_pending_codes(start_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProc = start_server("--app", "test_apps:SlowEcho")
+    c = EchoClient(server.port)
+    for n in range(600):  # 3 s of work for the slow app
+        c.send(b"%d" % n)
+    info = server.wait_for(lambda i: i["queues"]["inbound"]["pending"] > 200, what="a backlog")
+    pids = [server.pid(r) for r in ("supervisor", "connect", "logic")]
+    for pid in pids:
+        kill(pid)
+    server.kill_all()  # waits until they are gone
+    info = server.info()
+    pending, pushed = info["queues"]["inbound"]["pending"], info["queues"]["inbound"]["pushed"]
+    assert pending > 100 and pushed == 601  # opened + 600 messages
+    assert not any(p["alive"] for p in info["processes"].values())
+
+    again = start_server("--app", "test_apps:SlowEcho", log_name="again.log")
+    info = again.wait_for(
+        lambda i: i["queues"]["inbound"]["pending"] == 0, timeout=30, what="the backlog processed"
+    )
+    assert info["start_mode"] == "recover"
+    assert info["generation"] == 2
+    # every code pushed before the kill, plus the CLOSED of the lost connection
+    assert info["codes_processed"] == pushed + 1
+    assert info["counters"]["connections_lost"] == 1
+    log = again.log()
+    assert "start mode RECOVER" in log
+    assert f"{pending} codes pending inbound" in log or "codes pending inbound" in log
+    assert "were lost" in log
+    c.close()
+
+
+def test_kill_9_connect_restarts_and_accepts_again(start_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProc = start_server()
+    old = EchoClient(server.port)
+    assert old.request(b"before") == b"before"
+    victim = server.pid("connect")
+    kill(victim)
+    assert old.closed_by_server()
+    server.wait_for(
+        lambda i: (
+            i["processes"]["connect"]["pid"] not in (None, victim)
+            and i["processes"]["connect"]["alive"]
+        ),
+        what="connect restart",
+    )
+    new = EchoClient(server.port)
+    assert new.request(b"after") == b"after"
+    info = server.info()
+    assert info["processes"]["connect"]["restarts"] == 1
+    assert info["counters"]["connections_lost"] == 1
+    assert info["connections"] == 1
+    assert "1 client connection(s) of the previous connect process were lost" in server.log()
+
+
+def test_poison_codes_are_set_aside_and_the_server_goes_on(start_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProc = start_server("--app", "test_apps:Troublesome", "--hang-timeout", "1")
+    victim = EchoClient(server.port, timeout=30)
+    bystander = EchoClient(server.port, timeout=30)
+    victim.send(b"one")
+    victim.send(b"die")  # kills the logic process every time it runs
+    victim.send(b"two")
+    victim.send(b"raise")  # the app raises: logged, no reply, nothing else happens
+    victim.send(b"hang")  # hangs it: killed for no heartbeat, every time
+    victim.send(b"three")
+    assert [victim.recv() for _ in range(3)] == [b"one", b"two", b"three"]
+    assert bystander.request(b"fine") == b"fine"
+    info = server.info()
+    assert info["set_aside"] == 2
+    assert info["counters"]["app_errors"] == 1
+    assert info["processes"]["logic"]["restarts"] >= 6
+    log = server.log()
+    assert "poison code" in log and "is hung" in log and "the app fails on this message" in log
