@@ -13,7 +13,8 @@ with no arguments.
 
 ``conn`` is a ``Conn``: ``conn.id``, ``conn.peer``, ``conn.send(data)``,
 ``conn.broadcast(data, include_self=False)`` and ``conn.close()``.  Nothing
-is written to a socket here: each call appends an outbound code to the
+is written to a socket here: each call frames the payload for the wire and
+appends an outbound code to the
 ``Outbox`` of the step in progress, and the logic process publishes the
 whole outbox at once (see ``server.logic``).  The app must not keep state it
 cannot lose: the logic process may be killed and restarted at any moment,
@@ -24,33 +25,62 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .codes import HEADER_SIZE as CODE_HEADER
 from .codes import NO_CONN, BadCode, Kind, decode, encode
 from .config import ConfigError
-from .errors import CodeTooLarge
+from .errors import CodeTooLarge, ProtocolError
+from .framing import LengthFraming
 from .ring import RECORD_HEADER
 
 log = logging.getLogger("server.app")
+_SEND_OVERHEAD = CODE_HEADER + RECORD_HEADER
+_MESSAGE = Kind.MESSAGE.value
 
 BUILTIN_APPS = {"echo": "server.apps:Echo", "chat": "server.apps:Chat"}
 
 
-class Outbox:
-    """The outbound codes of one step, with their size in the queue."""
+def _as_is(payload: bytes) -> bytes:
+    return payload
 
-    def __init__(self, limit: int) -> None:
+
+class Outbox:
+    """The outbound codes of one step, with their size in the queue.
+
+    Payloads are framed here (``encode_frame``), in the logic process, and
+    the replies of a step to one connection, sent one after the other, go
+    into one SEND code: the connect process appends them to the client's
+    output buffer in one piece.  ``take()`` hands the codes over."""
+
+    def __init__(self, limit: int, encode_frame: Callable[[bytes], bytes] = _as_is) -> None:
         self.limit = limit  # bytes of queue the replies of a step may take
+        self.encode_frame = encode_frame
         self.codes: list[bytes] = []
-        self.size = 0
+        self.size = 0  # bytes in the queue, record headers included
+        self.last: Conn | None = None  # whose SEND code is being built in parts
+        self.parts: list[bytes] = []
 
     def clear(self) -> None:
         self.codes = []
         self.size = 0
+        self.last = None
+        self.parts = []
 
-    def _add(self, kind: Kind, conn: int, body: bytes) -> None:
-        need = CODE_HEADER + len(body) + RECORD_HEADER
+    def take(self) -> tuple[list[bytes], int]:
+        self._finish()
+        codes, size = self.codes, self.size
+        self.clear()
+        return codes, size
+
+    def _finish(self) -> None:
+        if self.last is not None:
+            self.codes.append(b"".join(self.parts))
+            self.last = None
+            self.parts = []
+
+    def _check(self, need: int) -> None:
         if self.size + need > self.limit:
             raise CodeTooLarge(
                 f"the replies to one request would take more than {self.limit} bytes of the "
@@ -58,14 +88,19 @@ class Outbox:
                 size=self.size + need,
                 limit=self.limit,
             )
+
+    def _add(self, kind: Kind, conn: int, body: bytes) -> None:
+        need = CODE_HEADER + len(body) + RECORD_HEADER
+        self._check(need)
+        self._finish()
         self.codes.append(encode(kind, conn, body))
         self.size += need
 
     def send(self, conn: int, data: bytes) -> None:
-        self._add(Kind.SEND, conn, bytes(data))
+        self._add(Kind.SEND, conn, self.encode_frame(bytes(data)))
 
     def broadcast(self, data: bytes, exclude: int = NO_CONN) -> None:
-        self._add(Kind.BROADCAST, exclude, bytes(data))
+        self._add(Kind.BROADCAST, exclude, self.encode_frame(bytes(data)))
 
     def close(self, conn: int, reason: str = "closed by the app") -> None:
         self._add(Kind.CLOSE, conn, reason.encode())
@@ -74,16 +109,32 @@ class Outbox:
 class Conn:
     """One client connection, as the app sees it."""
 
-    __slots__ = ("id", "peer", "close_reason", "_outbox")
+    __slots__ = ("id", "peer", "close_reason", "_outbox", "_send_prefix")
 
     def __init__(self, conn: int, peer: str, outbox: Outbox) -> None:
         self.id = conn
         self.peer = peer
         self.close_reason = ""
         self._outbox = outbox
+        self._send_prefix = encode(Kind.SEND, conn)
 
     def send(self, data: bytes) -> None:
-        self._outbox.send(self.id, data)
+        # The hot path, flat: once per reply.
+        out = self._outbox
+        frame = out.encode_frame(data)
+        if out.last is self:  # joins the SEND code being built
+            need = len(frame)
+            if out.size + need > out.limit:
+                out._check(need)
+            out.parts.append(frame)
+        else:
+            need = len(frame) + _SEND_OVERHEAD
+            if out.size + need > out.limit:
+                out._check(need)
+            out._finish()
+            out.last = self
+            out.parts = [self._send_prefix, frame]
+        out.size += need
 
     def broadcast(self, data: bytes, include_self: bool = False) -> None:
         self._outbox.broadcast(data, NO_CONN if include_self else self.id)
@@ -98,9 +149,12 @@ class Conn:
 class Dispatcher:
     """Turns inbound codes into app calls; the app's replies go to ``outbox``."""
 
-    def __init__(self, app: Any, outbox: Outbox) -> None:
+    def __init__(
+        self, app: Any, outbox: Outbox, split: Callable[[bytes], list[bytes]] | None = None
+    ) -> None:
         self.app = app
         self.outbox = outbox
+        self.split = split or LengthFraming.split  # MESSAGE bodies -> payloads
         self.conns: dict[int, Conn] = {}
         self.errors = 0
         self._on_open = getattr(app, "on_open", None)
@@ -114,6 +168,26 @@ class Dispatcher:
         return c
 
     def handle(self, raw: bytes) -> None:
+        if raw[0] == _MESSAGE and len(raw) >= CODE_HEADER:  # the hot path, flat
+            conn = int.from_bytes(raw[1:CODE_HEADER], "little")
+            c = self.conns.get(conn)
+            if c is None:
+                c = self._conn(conn)
+            try:
+                payloads = self.split(raw[CODE_HEADER:])
+            except ProtocolError as err:
+                self.errors += 1
+                log.error("skipping a bad MESSAGE code from connection %#x: %s", conn, err)
+                return
+            on_message = self._on_message
+            if on_message is not None:
+                for payload in payloads:
+                    try:
+                        on_message(c, payload)
+                    except Exception:
+                        self.errors += 1
+                        log.exception("the app raised handling a message from connection %#x", conn)
+            return
         try:
             kind, conn, body = decode(raw)
         except BadCode as err:
@@ -121,10 +195,7 @@ class Dispatcher:
             log.error("skipping a bad inbound code: %s", err)
             return
         try:
-            if kind is Kind.MESSAGE:
-                if self._on_message is not None:
-                    self._on_message(self._conn(conn), body)
-            elif kind is Kind.OPENED:
+            if kind is Kind.OPENED:
                 c = self._conn(conn, body.decode(errors="replace"))
                 if self._on_open is not None:
                     self._on_open(c)

@@ -4,10 +4,16 @@ Every code is ``kind (u8) | conn (u64 little-endian) | body``::
 
     inbound  (connect -> logic)      outbound (logic -> connect)
     ---------------------------      ---------------------------------------
-    OPENED   conn, body = peer       SEND       conn, body = payload
-    MESSAGE  conn, body = payload    BROADCAST  conn = excluded (0: none),
-    CLOSED   conn, body = reason                body = payload
+    OPENED   conn, body = peer       SEND       conn, body = frames
+    MESSAGE  conn, body = frames     BROADCAST  conn = excluded (0: none),
+    CLOSED   conn, body = reason                body = frame
                                      CLOSE      conn, body = reason
+
+``frames`` are one or more complete frames in wire form: a MESSAGE carries
+what one ``recv`` completed (the connect process checks the frame limit but
+does not split), a SEND every reply of one step to one connection (the
+logic process frames them).  So the per-request work happens in the logic
+process, and the connect process moves bytes in bulk.
 
 A connection id is ``generation << 32 | slot``.  Slots are reused; the
 generation grows with every reuse, so a reply to a connection that is gone

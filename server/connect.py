@@ -57,6 +57,7 @@ TICK = 0.5  # longest sleep: heartbeats and timers run at least this often
 ROOM_POLL = 2e-3  # while the inbound queue is full
 STOP_DEADLINE = 5.0  # seconds a graceful stop waits for queued work
 
+_SEND, _BROADCAST, _CLOSE = Kind.SEND.value, Kind.BROADCAST.value, Kind.CLOSE.value
 _DOORBELL = "doorbell"
 _LISTENER = "listener"
 
@@ -74,6 +75,7 @@ class Client:
         "last_input",
         "last_output",
         "closing",
+        "prefix",
     )
 
     def __init__(self, sock: socket.socket, conn: int, slot: int, peer: str, framing: Framing):
@@ -87,6 +89,7 @@ class Client:
         self.events = 0
         self.last_input = self.last_output = time.monotonic()
         self.closing = ""  # the app asked to close: reason, once the output is out
+        self.prefix = encode(Kind.MESSAGE, conn)  # + frames = its inbound code
 
 
 class ConnectProcess:
@@ -102,14 +105,17 @@ class ConnectProcess:
         self.sel = selectors.DefaultSelector()
         self.clients: dict[int, Client] = {}  # by connection id
         self.free_slots = list(range(cfg.max_conns - 1, -1, -1))  # pop() gives slot 0 first
-        self.backlog: collections.deque[bytes] = collections.deque()
+        self.inq: list[bytes] = []  # inbound codes of this turn
+        self.backlog: collections.deque[bytes] = collections.deque()  # did not fit
         self.reading = True  # False while the inbound queue is full
         self.accepting = True
         self.stopping = False
         self.asleep = False
         self.hb_words, self.hb_index = self.status.heartbeat_word(Role.CONNECT)
-        self.encode_frame = make_framing(cfg.framing, cfg.max_frame).encode
-        self.full_reply = self.encode_frame(cfg.full_message.encode())
+        # A MESSAGE code carries at most this many wire bytes (at least one
+        # largest frame: the configuration guarantees the queue holds two).
+        self.max_wire = max(cfg.queue_bytes // 4, cfg.max_frame + 4)
+        self.full_reply = make_framing(cfg.framing, cfg.max_frame).encode(cfg.full_message.encode())
         self.parent = os.getppid()
 
     # -- start ------------------------------------------------------------------------
@@ -175,6 +181,8 @@ class ConnectProcess:
                     self.flush(client)
                 if mask & READ and client.conn in self.clients:
                     self.read(client)
+            if self.inq:
+                self.push_turn()
             now = time.monotonic()
             if now >= next_timers:
                 next_timers = now + 1.0
@@ -204,26 +212,25 @@ class ConnectProcess:
         if not codes:
             return
         clients = self.clients
-        encode_frame = self.encode_frame
         dirty: dict[int, Client] = {}
         dropped = 0
-        for code in codes:
+        for code in codes:  # bodies are wire frames already (see server.codes)
             kind = code[0]
             conn = int.from_bytes(code[1:9], "little")
-            if kind == Kind.SEND:
+            if kind == _SEND:
                 c = clients.get(conn)
                 if c is None:
                     dropped += 1
                     continue
-                c.out += encode_frame(code[9:])
+                c.out += code[9:]
                 dirty[conn] = c
-            elif kind == Kind.BROADCAST:
-                frame = encode_frame(code[9:])
+            elif kind == _BROADCAST:
+                frame = code[9:]
                 for other, c in clients.items():
                     if other != conn and not c.closing:
                         c.out += frame
                         dirty[other] = c
-            elif kind == Kind.CLOSE:
+            elif kind == _CLOSE:
                 c = clients.get(conn)
                 if c is None:
                     dropped += 1
@@ -279,15 +286,22 @@ class ConnectProcess:
             return
         c.last_input = time.monotonic()
         try:
-            frames = c.framing.feed(data)
+            frames = c.framing.take(data)
         except FrameTooLarge as err:
             self.close(c, f"frame too large: {err}", abuse=True)
             return
-        if frames:
-            conn = c.conn
-            self.push([encode(Kind.MESSAGE, conn, f) for f in frames])
+        if len(frames) > self.max_wire:  # keep every code well inside the queue
+            self.inq += [c.prefix + piece for piece in c.framing.cut(frames, self.max_wire)]
+        elif frames:
+            self.inq.append(c.prefix + frames)
 
     def push(self, codes: list[bytes]) -> None:
+        """Queue inbound codes; they go out, in order, at the end of the turn."""
+        self.inq += codes
+
+    def push_turn(self) -> None:
+        """Push this turn's inbound codes with one queue update."""
+        codes, self.inq = self.inq, []
         if self.backlog:
             self.backlog.extend(codes)
             return
@@ -447,6 +461,7 @@ class ConnectProcess:
                     "connection %#x: %d reply bytes could not be written", c.conn, len(c.out)
                 )
             self.close(c, "server stopping")
+        self.push_turn()
         self.push_backlog()
         if self.backlog:
             log.warning(

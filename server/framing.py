@@ -15,10 +15,13 @@ the complete frames; the rest waits in its buffer.  It never touches a socket.
 
 from __future__ import annotations
 
+import struct
+
 from .errors import FrameTooLarge, ProtocolError
 
 DEFAULT_MAX_FRAME = 64 * 1024
 _HEADER = 4
+_unpack_header = struct.Struct(">I").unpack_from
 
 
 class LengthFraming:
@@ -32,25 +35,89 @@ class LengthFraming:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Frames completed by ``data``.  Raises ``FrameTooLarge``."""
-        buf = self._buf
-        buf += data
+        if self._buf:
+            self._buf += data
+            buf = bytes(self._buf)
+        else:
+            buf = bytes(data)  # usually already bytes: no copy
         frames: list[bytes] = []
+        append = frames.append
+        unpack = _unpack_header
+        limit = self.max_frame
         i = 0
         end = len(buf)
         while end - i >= _HEADER:
-            n = int.from_bytes(buf[i : i + _HEADER], "big")
-            if n > self.max_frame:
+            n = unpack(buf, i)[0]
+            if n > limit:
                 raise FrameTooLarge(
-                    f"frame of {n} bytes announced, the limit is {self.max_frame}",
-                    size=n,
-                    limit=self.max_frame,
+                    f"frame of {n} bytes announced, the limit is {limit}", size=n, limit=limit
                 )
-            if end - i - _HEADER < n:
+            j = i + _HEADER + n
+            if j > end:
                 break
-            frames.append(bytes(buf[i + _HEADER : i + _HEADER + n]))
+            append(buf[i + _HEADER : j])
+            i = j
+        if i < end:
+            self._buf = bytearray(buf[i:]) if i else bytearray(buf)
+        elif self._buf:
+            self._buf = bytearray()
+        return frames
+
+    def take(self, data: bytes) -> bytes:
+        """Like ``feed``, but returns the complete frames still in wire form,
+        in one piece (the connect process forwards them without splitting)."""
+        buf = bytes(self._buf) + data if self._buf else bytes(data)
+        unpack = _unpack_header
+        limit = self.max_frame
+        i = 0
+        end = len(buf)
+        while end - i >= _HEADER:
+            n = unpack(buf, i)[0]
+            if n > limit:
+                raise FrameTooLarge(
+                    f"frame of {n} bytes announced, the limit is {limit}", size=n, limit=limit
+                )
+            if i + _HEADER + n > end:
+                break
             i += _HEADER + n
-        if i:
-            del buf[:i]
+        if i == end:
+            self._buf = bytearray()
+            return buf
+        self._buf = bytearray(buf[i:])
+        return buf[:i]
+
+    @staticmethod
+    def cut(wire: bytes, limit: int) -> list[bytes]:
+        """``take``'s output in pieces of at most ``limit`` bytes, cut between
+        frames (a single larger frame stays whole)."""
+        pieces: list[bytes] = []
+        start = i = 0
+        while i < len(wire):
+            j = i + _HEADER + _unpack_header(wire, i)[0]
+            if j - start > limit and i > start:
+                pieces.append(wire[start:i])
+                start = i
+            i = j
+        pieces.append(wire[start:])
+        return pieces
+
+    @staticmethod
+    def split(wire: bytes) -> list[bytes]:
+        """The payloads of complete frames in wire form (from ``take``).
+        Raises ``ProtocolError`` unless the lengths chain exactly to the end."""
+        frames: list[bytes] = []
+        append = frames.append
+        unpack = _unpack_header
+        i = 0
+        end = len(wire)
+        while i < end:
+            if end - i < _HEADER:
+                raise ProtocolError(f"{end - i} stray bytes after the last frame", at=i)
+            j = i + _HEADER + unpack(wire, i)[0]
+            if j > end:
+                raise ProtocolError(f"a frame at {i} runs {j - end} bytes past the end", at=i)
+            append(wire[i + _HEADER : j])
+            i = j
         return frames
 
     def encode(self, payload: bytes) -> bytes:
@@ -98,6 +165,54 @@ class LineFraming:
                 limit=self.max_frame,
             )
         return frames
+
+    def take(self, data: bytes) -> bytes:
+        """Complete lines in wire form (see ``LengthFraming.take``)."""
+        buf = bytes(self._buf) + data if self._buf else bytes(data)
+        last = buf.rfind(b"\n")
+        whole = buf[: last + 1]
+        rest = buf[last + 1 :]
+        limit = self.max_frame
+        if len(whole) > limit + 2:  # some line may be too long: look at each
+            start = 0
+            while start < len(whole):
+                nl = whole.index(b"\n", start)
+                size = nl - start - (1 if nl > start and whole[nl - 1] == 13 else 0)
+                if size > limit:
+                    raise FrameTooLarge(
+                        f"line of {size} bytes, the limit is {limit}", size=size, limit=limit
+                    )
+                start = nl + 1
+        if len(rest) > limit + 1:
+            raise FrameTooLarge(
+                f"line longer than {limit} bytes without a newline", size=len(rest), limit=limit
+            )
+        self._buf = bytearray(rest)
+        return whole
+
+    @staticmethod
+    def cut(wire: bytes, limit: int) -> list[bytes]:
+        """``take``'s output in pieces of at most ``limit`` bytes, cut after
+        a newline (a single longer line stays whole)."""
+        pieces: list[bytes] = []
+        start = i = 0
+        while i < len(wire):
+            j = wire.index(b"\n", i) + 1
+            if j - start > limit and i > start:
+                pieces.append(wire[start:i])
+                start = i
+            i = j
+        pieces.append(wire[start:])
+        return pieces
+
+    @staticmethod
+    def split(wire: bytes) -> list[bytes]:
+        """The lines of ``take``'s output, without their ``\r\n`` or ``\n``."""
+        lines = wire.split(b"\n")
+        if lines[-1]:
+            raise ProtocolError("the last line has no newline", size=len(lines[-1]))
+        del lines[-1]
+        return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
     def encode(self, payload: bytes) -> bytes:
         return payload if payload.endswith(b"\n") else payload + b"\n"

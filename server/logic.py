@@ -37,6 +37,7 @@ from typing import Any
 
 from .app import Dispatcher, Outbox, load_app
 from .config import ServerConfig
+from .framing import Framing, LengthFraming, make_framing
 from .journal import Pace, StepJournal
 from .ring import RECORD_HEADER, CodeRing
 from .segment import ServerSegment
@@ -56,13 +57,19 @@ class LogicStepper:
     BLOCKED = -1
 
     def __init__(
-        self, inbound: CodeRing, outbound: CodeRing, journal: StepJournal, app: Any
+        self,
+        inbound: CodeRing,
+        outbound: CodeRing,
+        journal: StepJournal,
+        app: Any,
+        framing: Framing | None = None,
     ) -> None:
         self.inbound = inbound
         self.outbound = outbound
         self.journal = journal
-        self.outbox = Outbox(limit=outbound.capacity)
-        self.dispatcher = Dispatcher(app, self.outbox)
+        framing = framing or LengthFraming()
+        self.outbox = Outbox(limit=outbound.capacity, encode_frame=framing.encode)
+        self.dispatcher = Dispatcher(app, self.outbox, framing.split)
         self.soft_limit = outbound.capacity // 4
         self.held: tuple[list[bytes], int, int, int] | None = None  # codes, size, H, n
         self.set_aside = 0
@@ -89,7 +96,8 @@ class LogicStepper:
             self.set_aside += 1
             log.error(
                 "set aside a code of %d bytes at inbound position %d: the logic process died "
-                "on it %d times (a poison code); going on without it",
+                "on it %d times (a poison code); its requests (one read from one connection) "
+                "get no reply; going on without it",
                 len(codes[0]) if codes else 0,
                 head,
                 journal.attempts,
@@ -112,7 +120,8 @@ class LogicStepper:
             n += 1
             if outbox.size >= self.soft_limit:
                 break
-        self.held = (outbox.codes, outbox.size, pos, n)
+        replies, size = outbox.take()
+        self.held = (replies, size, pos, n)
         return self._publish()
 
     def _publish(self) -> int:
@@ -148,14 +157,14 @@ def main(cfg: ServerConfig) -> int:
     app = load_app(cfg.app)()
     seg = ServerSegment.attach(cfg)
     try:
-        return _run(seg, app, stop)
+        return _run(seg, app, stop, make_framing(cfg.framing, cfg.max_frame))
     finally:
         seg.detach()
 
 
-def _run(seg: ServerSegment, app: Any, stop: _Stop) -> int:
+def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing) -> int:
     inbound, outbound, status = seg.inbound, seg.outbound, seg.status
-    stepper = LogicStepper(inbound.ring, outbound.ring, seg.journal, app)
+    stepper = LogicStepper(inbound.ring, outbound.ring, seg.journal, app, framing)
     finished = stepper.recover()
     inbound.recover_consumer()
     outbound.recover_producer()

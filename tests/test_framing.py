@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from server.errors import FrameTooLarge, ProtocolError
@@ -66,3 +68,42 @@ def test_line_framing_limits() -> None:
 def test_unknown_framing_is_named() -> None:
     with pytest.raises(ProtocolError, match="'xml'.*length, line"):
         make_framing("xml")
+
+
+@pytest.mark.parametrize("cls", [LengthFraming, LineFraming])
+def test_take_then_split_gives_the_frames_back_in_any_pieces(cls) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(7)
+    payloads = [bytes(rng.choice(b"ab\r") for _ in range(rng.randint(0, 60))) for _ in range(300)]
+    payloads = [p.rstrip(b"\r") for p in payloads]
+    wire = b"".join(cls(100).encode(p) for p in payloads)
+    reader = cls(100)
+    got: list[bytes] = []
+    i = 0
+    while i < len(wire):
+        k = rng.randint(1, 50)
+        got += cls.split(reader.take(wire[i : i + k]))
+        i += k
+    assert got == payloads and reader.buffered == 0
+
+
+@pytest.mark.parametrize("cls", [LengthFraming, LineFraming])
+def test_take_refuses_oversized_frames(cls) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FrameTooLarge):
+        cls(10).take(cls(100).encode(b"x" * 11) + b"\n")
+
+
+def test_split_refuses_torn_wire_bytes() -> None:
+    with pytest.raises(ProtocolError):
+        LengthFraming.split(b"\0\0\0\5abc")
+    with pytest.raises(ProtocolError):
+        LineFraming.split(b"no newline")
+
+
+@pytest.mark.parametrize("cls", [LengthFraming, LineFraming])
+def test_cut_keeps_frames_whole(cls) -> None:  # type: ignore[no-untyped-def]
+    payloads = [b"x" * n for n in (5, 30, 1, 0, 44, 7)]
+    wire = b"".join(cls(100).encode(p) for p in payloads)
+    pieces = cls.cut(wire, 40)
+    assert b"".join(pieces) == wire
+    assert [p for piece in pieces for p in cls.split(piece)] == payloads
+    assert all(len(piece) <= 40 or len(cls.split(piece)) == 1 for piece in pieces)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from server.app import Dispatcher, Outbox, load_app
+from server.app import Conn, Dispatcher, Outbox, load_app
 from server.codes import Kind, conn_id, decode, encode
 from server.config import ConfigError, ServerConfig
 from server.conntable import ConnTable, region_size
 from server.errors import CodeTooLarge, CorruptSegment
+from server.framing import LengthFraming
 from server.journal import REGION_SIZE, StepJournal
 from server.logic import LogicStepper
 from server.ring import CodeRing
@@ -72,6 +73,10 @@ class CountingEcho:
         conn.send(payload)
 
 
+def wire(payload: bytes) -> bytes:
+    return LengthFraming().encode(payload)
+
+
 def world(out_capacity: int = 4096) -> tuple[CodeRing, CodeRing, StepJournal]:
     inbound = CodeRing(memoryview(bytearray(ring_size(4096))), 4096, init=True)
     outbound = CodeRing(memoryview(bytearray(ring_size(out_capacity))), out_capacity, init=True)
@@ -83,10 +88,12 @@ def test_a_step_publishes_replies_then_consumes() -> None:
     app = CountingEcho()
     stepper = LogicStepper(inbound, outbound, journal, app)
     conn = conn_id(0, 1)
-    inbound.push_many([encode(Kind.OPENED, conn, b"peer"), encode(Kind.MESSAGE, conn, b"hi")])
+    two = wire(b"hi") + wire(b"there")  # what one recv completed
+    inbound.push_many([encode(Kind.OPENED, conn, b"peer"), encode(Kind.MESSAGE, conn, two)])
     assert stepper.step() == 2
     assert stepper.step() == 0
-    assert [decode(c) for c in outbound.pop_many()] == [(Kind.SEND, conn, b"hi")]
+    assert app.calls == 2  # one call per frame; the replies share one code
+    assert [decode(c) for c in outbound.pop_many()] == [(Kind.SEND, conn, two)]
     assert inbound.empty()
 
 
@@ -96,21 +103,25 @@ def test_replies_wait_for_room_without_running_the_app_again() -> None:
     stepper = LogicStepper(inbound, outbound, journal, app)
     conn = conn_id(3, 1)
     outbound.push(b"x" * 150)  # the connect process has not drained this yet
-    inbound.push(encode(Kind.MESSAGE, conn, b"y" * 60))
+    inbound.push(encode(Kind.MESSAGE, conn, wire(b"y" * 60)))
     assert stepper.step() == LogicStepper.BLOCKED
     assert stepper.step() == LogicStepper.BLOCKED
     assert app.calls == 1 and not inbound.empty()  # held, not consumed, not redone
     outbound.pop()
     assert stepper.step() == 1
     assert app.calls == 1 and inbound.empty()
-    assert decode(outbound.pop() or b"") == (Kind.SEND, conn, b"y" * 60)
+    assert decode(outbound.pop() or b"") == (Kind.SEND, conn, wire(b"y" * 60))
 
 
 def test_the_replies_to_one_request_are_capped_at_the_queue() -> None:
     outbox = Outbox(limit=100)
-    outbox.send(1, b"a" * 80)
+    conn = Conn(1, "peer", outbox)
+    conn.send(b"a" * 70)
+    conn.send(b"b" * 10)  # joins the first code
     with pytest.raises(CodeTooLarge, match="raise --queue-bytes"):
-        outbox.send(1, b"b" * 20)
+        conn.send(b"c" * 10)
+    codes, size = outbox.take()
+    assert codes == [encode(Kind.SEND, 1, b"a" * 70 + b"b" * 10)] and size == 93
 
 
 def test_app_errors_are_counted_and_the_rest_goes_on() -> None:
@@ -122,12 +133,14 @@ def test_app_errors_are_counted_and_the_rest_goes_on() -> None:
 
     outbox = Outbox(limit=10_000)
     d = Dispatcher(Flaky(), outbox)
-    for body in (b"ok1", b"bad", b"ok2"):
-        d.handle(encode(Kind.MESSAGE, conn_id(0, 1), body))
+    d.handle(encode(Kind.MESSAGE, conn_id(0, 1), wire(b"ok1") + wire(b"bad") + wire(b"ok2")))
+    d.handle(encode(Kind.MESSAGE, conn_id(0, 1), wire(b"torn")[:-1]))  # lengths do not chain
     d.handle(b"\x63" + bytes(8))  # an unknown kind
     d.handle(b"short")
-    assert d.errors == 3
-    assert [decode(c).body for c in outbox.codes] == [b"ok1", b"ok2"]
+    assert d.errors == 4
+    codes, size = outbox.take()
+    assert [decode(c).body for c in codes] == [b"ok1ok2"]  # as is: no framing given
+    assert size == len(codes[0]) + 4
 
 
 def test_backoff_grows_for_quick_deaths_and_resets_after_a_stable_run() -> None:
