@@ -1,0 +1,407 @@
+"""Benchmark: the echo app on this server against simpler servers, side by side.
+
+    python -m tools.bench_server [--seconds 3] [--clients 2] [--only SCENARIO]
+
+Servers, all speaking the same protocol (4-byte big-endian length + payload,
+every frame answered by the same payload):
+
+* ``stepwise``  ``python -m server run --app echo``: supervisor, connect and
+  logic processes over CodeQueues in shared memory;
+* ``selectors`` one process, one ``selectors`` loop (the price of process
+  isolation is measured against this one);
+* ``asyncio``   one process, an ``asyncio.Protocol``;
+* ``pipe``      the naive two-process design: a socket process forwards each
+  frame to an echo process over a ``multiprocessing.Pipe`` and back.
+
+Scenarios (connections x requests in flight per connection x payload):
+1x1x64, 50x1x64, 50x16x64, 10x4x16KiB.  The load comes from ``--clients``
+processes, each a non-blocking loop that keeps every connection's window
+full and times every request.  Beside each figure the table shows the load
+clients' CPU use in cores: on this 2-core machine, a client near 1.0 core
+competes with the server it measures, so compare ratios between servers,
+never absolute figures.  Every run is bounded in time; only 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import multiprocessing
+import os
+import random
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from typing import Any
+
+from server.framing import LengthFraming
+from server.shm import SHMFactory
+
+_fork = multiprocessing.get_context("fork")
+SCENARIOS = {
+    "1x1x64": (1, 1, 64),
+    "50x1x64": (50, 1, 64),
+    "50x16x64": (50, 16, 64),
+    "10x4x16KiB": (10, 4, 16384),
+}
+WARMUP = 0.5
+
+
+# -- the comparison servers (each runs in its own process) ------------------------
+
+
+def _listen() -> socket.socket:
+    sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    sock.setblocking(False)
+    return sock
+
+
+def selectors_server(sock: socket.socket) -> None:
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, None)
+    out: dict[socket.socket, bytearray] = {}
+    framers: dict[socket.socket, LengthFraming] = {}
+    while True:
+        for key, mask in sel.select():
+            s = key.fileobj
+            assert isinstance(s, socket.socket)
+            if key.data is None:
+                c, _ = s.accept()
+                c.setblocking(False)
+                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                framers[c] = LengthFraming(1 << 20)
+                out[c] = bytearray()
+                sel.register(c, selectors.EVENT_READ, "c")
+                continue
+            if mask & selectors.EVENT_READ:
+                try:
+                    data = s.recv(262144)
+                except ConnectionError:
+                    data = b""
+                if not data:
+                    sel.unregister(s)
+                    s.close()
+                    del out[s], framers[s]
+                    continue
+                enc = framers[s].encode
+                out[s] += b"".join(enc(f) for f in framers[s].feed(data))
+            buf = out[s]
+            if buf:
+                try:
+                    n = s.send(buf)
+                except BlockingIOError:
+                    n = 0
+                del buf[:n]
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if buf else 0)
+            if key.events != want:
+                sel.modify(s, want, "c")
+
+
+class _EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.framer = LengthFraming(1 << 20)
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        enc = self.framer.encode
+        self.transport.write(b"".join(enc(f) for f in self.framer.feed(data)))
+
+
+def asyncio_server(sock: socket.socket) -> None:
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(_EchoProtocol, sock=sock)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def _pipe_logic(rx: Connection, tx: Connection, unused: list[Connection]) -> None:
+    for end in unused:  # so that the socket process's death is an EOF here
+        end.close()
+    try:
+        while True:
+            tx.send(rx.recv())  # (connection, payload): the app is echo
+    except EOFError:
+        pass
+
+
+def pipe_server(sock: socket.socket) -> None:
+    to_logic_rx, to_logic_tx = _fork.Pipe(duplex=False)
+    from_logic_rx, from_logic_tx = _fork.Pipe(duplex=False)
+    unused = [to_logic_tx, from_logic_rx]
+    _fork.Process(target=_pipe_logic, args=(to_logic_rx, from_logic_tx, unused)).start()
+    to_logic_rx.close()
+    from_logic_tx.close()
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, None)
+    sel.register(from_logic_rx, selectors.EVENT_READ, "pipe")
+    clients: dict[int, tuple[socket.socket, LengthFraming]] = {}
+    while True:
+        for key, _ in sel.select():
+            if key.data is None:
+                c, _ = sock.accept()
+                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                clients[c.fileno()] = (c, LengthFraming(1 << 20))
+                sel.register(c, selectors.EVENT_READ, "c")
+            elif key.data == "pipe":
+                while from_logic_rx.poll():
+                    fd, payload = from_logic_rx.recv()
+                    if fd in clients:
+                        c, framer = clients[fd]
+                        c.sendall(framer.encode(payload))  # blocking: a naive design
+            else:
+                fileobj = key.fileobj
+                assert isinstance(fileobj, socket.socket)
+                c = fileobj
+                data = c.recv(262144)
+                if not data:
+                    sel.unregister(c)
+                    del clients[c.fileno()]
+                    c.close()
+                    continue
+                for f in clients[c.fileno()][1].feed(data):
+                    to_logic_tx.send((c.fileno(), f))
+
+
+@contextmanager
+def in_process(target: Callable[[socket.socket], None]) -> Iterator[tuple[int, list[int]]]:
+    sock = _listen()
+    proc = _fork.Process(target=target, args=(sock,))  # not daemonic: the pipe server forks
+    proc.start()
+    port = sock.getsockname()[1]
+    sock.close()
+    try:
+        assert proc.pid is not None
+        yield port, [proc.pid]
+    finally:
+        proc.kill()
+        proc.join(5)
+
+
+@contextmanager
+def stepwise_server() -> Iterator[tuple[int, list[int]]]:
+    key = random.randint(0x1000_0000, 0x7FFF_FFFF)
+    with tempfile.TemporaryFile() as log:
+        yield from _stepwise(key, log)
+
+
+def _stepwise(key: int, log: Any) -> Iterator[tuple[int, list[int]]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "run", "--app", "echo", "--port", "0"]
+        + ["--key", hex(key), "--queue-bytes", str(8 << 20)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            log.seek(0)
+            raise RuntimeError(f"the server did not start:\n{log.read().decode(errors='replace')}")
+        time.sleep(0.5)  # let the workers attach
+        yield int(line.rsplit(":", 1)[1]), [proc.pid]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        SHMFactory.remove(key)
+
+
+# -- the load client ----------------------------------------------------------------------
+
+
+def _client(
+    port: int,
+    conns: int,
+    inflight: int,
+    size: int,
+    start: Any,
+    seconds: float,
+    results: Connection,
+) -> None:
+    """Keep ``inflight`` requests on each of ``conns`` connections; after the
+    warm-up, count replies and their latencies for ``seconds``."""
+    request = len(b"x" * size).to_bytes(4, "big") + b"x" * size
+    frame_len = len(request)
+    sel = selectors.DefaultSelector()
+    sent_at: dict[socket.socket, collections.deque[float]] = {}
+    buffers: dict[socket.socket, int] = {}
+    for _ in range(conns):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        sent_at[s] = collections.deque()
+        buffers[s] = 0
+    start.wait()
+    now = time.perf_counter()
+    for s, q in sent_at.items():
+        s.setblocking(True)
+        s.sendall(request * inflight)
+        s.setblocking(False)
+        q.extend([now] * inflight)
+    measure_from = now + WARMUP
+    end = measure_from + seconds
+    count = 0
+    latencies: list[float] = []
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        for key, _ in sel.select(end - now):
+            fileobj = key.fileobj
+            assert isinstance(fileobj, socket.socket)
+            s = fileobj
+            try:
+                data = s.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise RuntimeError("the server closed a connection")
+            got = buffers[s] + len(data)
+            done, buffers[s] = divmod(got, frame_len)
+            if not done:
+                continue
+            now = time.perf_counter()
+            q = sent_at[s]
+            for _ in range(done):
+                t = q.popleft()
+                if now >= measure_from:
+                    latencies.append(now - t)
+            if now >= measure_from:
+                count += done
+            q.extend([now] * done)
+            s.setblocking(True)
+            s.sendall(request * done)
+            s.setblocking(False)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    results.send((count, latencies, cpu))
+    for s in sent_at:
+        s.close()
+
+
+def run_load(
+    port: int, conns: int, inflight: int, size: int, seconds: float, clients: int, label: str
+) -> dict[str, float]:
+    clients = max(1, min(clients, conns))
+    share = [conns // clients + (1 if i < conns % clients else 0) for i in range(clients)]
+    start = _fork.Event()
+    pipes = []
+    procs = []
+    for n in share:
+        rx, tx = _fork.Pipe(duplex=False)
+        p = _fork.Process(
+            target=_client, args=(port, n, inflight, size, start, seconds, tx), daemon=True
+        )
+        p.start()
+        pipes.append(rx)
+        procs.append(p)
+    time.sleep(0.3)  # connections made
+    start.set()
+    began = time.monotonic()
+    total = WARMUP + seconds
+    while (elapsed := time.monotonic() - began) < total:
+        _progress(label, elapsed / total)
+        time.sleep(min(0.25, max(0.0, total - elapsed)))
+    _progress(label, 1.0)
+    count = 0
+    latencies: list[float] = []
+    cpu = 0.0
+    for rx, p in zip(pipes, procs, strict=True):
+        if not rx.poll(30):
+            raise RuntimeError(f"load client {p.pid} gave no result")
+        c, lat, t = rx.recv()
+        count += c
+        latencies += lat
+        cpu += t
+        p.join(5)
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6  # noqa: E731
+    return {
+        "rps": count / seconds,
+        "p50": pick(0.50) if latencies else float("nan"),
+        "p99": pick(0.99) if latencies else float("nan"),
+        "client_cores": cpu / seconds,
+    }
+
+
+def _progress(label: str, fraction: float) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = int(width * fraction)
+    sys.stderr.write(f"\r  {label:<24} [{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%}")
+    if fraction >= 1.0:
+        sys.stderr.write("\r" + " " * 70 + "\r")
+    sys.stderr.flush()
+
+
+SERVERS: dict[str, Callable[[], Any]] = {
+    "stepwise": stepwise_server,
+    "selectors": lambda: in_process(selectors_server),
+    "asyncio": lambda: in_process(asyncio_server),
+    "pipe": lambda: in_process(pipe_server),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
+    parser.add_argument("--clients", type=int, default=2, help="load client processes (default 2)")
+    parser.add_argument("--only", choices=list(SCENARIOS), action="append", help="run only these")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
+    args = parser.parse_args(argv)
+    names = [n for n in args.servers.split(",") if n]
+    unknown = set(names) - set(SERVERS)
+    if unknown:
+        parser.error(
+            f"unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}"
+        )
+    scenarios = args.only or list(SCENARIOS)
+    print(
+        f"echo servers on 127.0.0.1, {args.seconds:g} s per figure after {WARMUP} s warm-up, "
+        f"{args.clients} load client process(es), {os.cpu_count()} cores"
+    )
+    print(
+        f"{'scenario':<12} {'server':<10} {'requests/s':>11} {'p50 us':>9} {'p99 us':>9} "
+        f"{'x selectors':>11} {'client cores':>12}"
+    )
+    for scenario in scenarios:
+        conns, inflight, size = SCENARIOS[scenario]
+        rows: dict[str, dict[str, float]] = {}
+        for name in names:
+            with SERVERS[name]() as (port, _pids):
+                rows[name] = run_load(
+                    port, conns, inflight, size, args.seconds, args.clients, f"{scenario} {name}"
+                )
+        base = rows.get("selectors", {}).get("rps")
+        for name, r in rows.items():
+            ratio = f"{r['rps'] / base:.2f}x" if base else "-"
+            print(
+                f"{scenario:<12} {name:<10} {r['rps']:>11,.0f} {r['p50']:>9.0f} {r['p99']:>9.0f} "
+                f"{ratio:>11} {r['client_cores']:>12.2f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
