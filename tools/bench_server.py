@@ -133,7 +133,7 @@ def _pipe_logic(rx: Connection, tx: Connection, unused: list[Connection]) -> Non
     try:
         while True:
             tx.send(rx.recv())  # (connection, payload): the app is echo
-    except EOFError:
+    except (EOFError, OSError):  # the socket process is gone
         pass
 
 
@@ -394,6 +394,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
         base = rows.get("selectors", {}).get("rps")
         for name, r in rows.items():
+            if not r["rps"]:
+                print(
+                    f"{scenario:<12} {name:<10} {'no replies: deadlocked (both pipes full)':>40}"
+                    if name == "pipe"
+                    else f"{scenario:<12} {name:<10} {'no replies':>40}",
+                    flush=True,
+                )
+                continue
             ratio = f"{r['rps'] / base:.2f}x" if base else "-"
             print(
                 f"{scenario:<12} {name:<10} {r['rps']:>11,.0f} {r['p50']:>9.0f} {r['p99']:>9.0f} "
