@@ -186,7 +186,7 @@ class Supervisor:
             log.info("started the %s process, pid %d", w.name, w.proc.pid)
         else:
             log.warning(
-                "restarted the %s process, pid %d (restart %d; it %s)",
+                "restarted the %s process, pid %d (restart %d; last one: %s)",
                 w.name,
                 w.proc.pid,
                 self.status.describe()["processes"][w.name]["restarts"],
