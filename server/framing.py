@@ -35,33 +35,7 @@ class LengthFraming:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Frames completed by ``data``.  Raises ``FrameTooLarge``."""
-        if self._buf:
-            self._buf += data
-            buf = bytes(self._buf)
-        else:
-            buf = bytes(data)  # usually already bytes: no copy
-        frames: list[bytes] = []
-        append = frames.append
-        unpack = _unpack_header
-        limit = self.max_frame
-        i = 0
-        end = len(buf)
-        while end - i >= _HEADER:
-            n = unpack(buf, i)[0]
-            if n > limit:
-                raise FrameTooLarge(
-                    f"frame of {n} bytes announced, the limit is {limit}", size=n, limit=limit
-                )
-            j = i + _HEADER + n
-            if j > end:
-                break
-            append(buf[i + _HEADER : j])
-            i = j
-        if i < end:
-            self._buf = bytearray(buf[i:]) if i else bytearray(buf)
-        elif self._buf:
-            self._buf = bytearray()
-        return frames
+        return self.split(self.take(data))
 
     def take(self, data: bytes) -> bytes:
         """Like ``feed``, but returns the complete frames still in wire form,
@@ -139,32 +113,8 @@ class LineFraming:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf
-        searched = len(buf)  # the old part holds no newline
-        buf += data
-        frames: list[bytes] = []
-        start = 0
-        while (nl := buf.find(b"\n", searched)) >= 0:
-            line = buf[start:nl]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > self.max_frame:
-                raise FrameTooLarge(
-                    f"line of {len(line)} bytes, the limit is {self.max_frame}",
-                    size=len(line),
-                    limit=self.max_frame,
-                )
-            frames.append(bytes(line))
-            start = searched = nl + 1
-        if start:
-            del buf[:start]
-        if len(buf) > self.max_frame + 1:  # +1: a '\r' may still precede the '\n'
-            raise FrameTooLarge(
-                f"line longer than {self.max_frame} bytes without a newline",
-                size=len(buf),
-                limit=self.max_frame,
-            )
-        return frames
+        """Lines completed by ``data``.  Raises ``FrameTooLarge``."""
+        return self.split(self.take(data))
 
     def take(self, data: bytes) -> bytes:
         """Complete lines in wire form (see ``LengthFraming.take``)."""
@@ -173,7 +123,7 @@ class LineFraming:
         whole = buf[: last + 1]
         rest = buf[last + 1 :]
         limit = self.max_frame
-        if len(whole) > limit + 2:  # some line may be too long: look at each
+        if len(whole) > limit + 1:  # some line may be too long: look at each
             start = 0
             while start < len(whole):
                 nl = whole.index(b"\n", start)
