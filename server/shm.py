@@ -291,6 +291,17 @@ class SHMFactory:
             raise
 
     @staticmethod
+    def attached_elsewhere(key: int) -> int:
+        """How many other processes are attached to segment ``key`` (0 if
+        there is none).  Reads no header: works on a corrupt segment too."""
+        seg = _attach(key)
+        if seg is None:
+            return 0
+        others: int = seg.number_attached - 1
+        seg.detach()
+        return others
+
+    @staticmethod
     def exists(key: int) -> bool:
         try:
             sysv_ipc.SharedMemory(key, 0).detach()

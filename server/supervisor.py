@@ -154,10 +154,7 @@ class Supervisor:
             log.info("start mode INIT: a new segment 0x%08x", cfg.key)
 
     def refuse_if_running(self) -> None:
-        if not SHMFactory.exists(self.cfg.key):
-            return
-        with SHMFactory.attach(self.cfg.key) as shm:
-            others = shm.stat()["attached"] - 1
+        others = SHMFactory.attached_elsewhere(self.cfg.key)
         if others > 0:
             raise SegmentInUse(
                 f"a server is already running with key 0x{self.cfg.key:08x} ({others} process(es) "
@@ -189,7 +186,7 @@ class Supervisor:
                 "restarted the %s process, pid %d (restart %d; last one: %s)",
                 w.name,
                 w.proc.pid,
-                self.status.describe()["processes"][w.name]["restarts"],
+                self.status.restarts(w.role),
                 w.reason.describe(w.detail),
             )
 

@@ -221,3 +221,15 @@ def test_bad_options_are_named(bad: list[str], key: int) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.startswith("Error: " + bad[0])
+
+
+def test_a_corrupt_segment_is_remade_not_refused(start_server, key) -> None:  # type: ignore[no-untyped-def]
+    import sysv_ipc
+
+    junk = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=0o600, size=8192)
+    junk.write(b"not a segment header")
+    junk.detach()
+    server = start_server()
+    assert server.info()["start_mode"] == "init"
+    assert "re-creating segment" in server.log() or "re-initialising segment" in server.log()
+    assert EchoClient(server.port).request(b"fresh") == b"fresh"
