@@ -31,6 +31,7 @@ tells the logic process (CLOSED codes): those connections are lost.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import selectors
@@ -137,9 +138,7 @@ class ConnectProcess:
                 len(lost),
             )
         self.sel.register(self.listener, READ, _LISTENER)
-        self.outbound.prepare_wait()  # binds the doorbell
-        self.outbound.finish_wait()
-        self.sel.register(self.outbound.fileno(), READ, _DOORBELL)
+        self.sel.register(self.outbound.fileno(), READ, _DOORBELL)  # binds the doorbell
         signal.signal(signal.SIGTERM, self._on_term)
 
     def _on_term(self, signum: int, frame: Any) -> None:
@@ -286,14 +285,14 @@ class ConnectProcess:
             return
         c.last_input = time.monotonic()
         try:
-            frames = c.framing.take(data)
+            wire = c.framing.take(data)  # the complete frames, as they came
         except FrameTooLarge as err:
             self.close(c, f"frame too large: {err}", abuse=True)
             return
-        if len(frames) > self.max_wire:  # keep every code well inside the queue
-            self.inq += [c.prefix + piece for piece in c.framing.cut(frames, self.max_wire)]
-        elif frames:
-            self.inq.append(c.prefix + frames)
+        if len(wire) > self.max_wire:  # keep every code well inside the queue
+            self.inq += [c.prefix + piece for piece in c.framing.cut(wire, self.max_wire)]
+        elif wire:
+            self.inq.append(c.prefix + wire)
 
     def push(self, codes: list[bytes]) -> None:
         """Queue inbound codes; they go out, in order, at the end of the turn."""
@@ -313,7 +312,7 @@ class ConnectProcess:
     def push_backlog(self) -> None:
         backlog = self.backlog
         while backlog:
-            n = self.inbound.push_many(list(backlog)[:1024])
+            n = self.inbound.push_many(itertools.islice(backlog, 1024))
             if not n:
                 break
             for _ in range(n):

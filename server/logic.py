@@ -63,6 +63,7 @@ class LogicStepper:
         journal: StepJournal,
         app: Any,
         framing: Framing | None = None,
+        crash_at_step: int = 0,
     ) -> None:
         self.inbound = inbound
         self.outbound = outbound
@@ -74,8 +75,8 @@ class LogicStepper:
         self.held: tuple[list[bytes], int, int, int] | None = None  # codes, size, H, n
         self.set_aside = 0
         # Fault injection for the crash tests: die by SIGKILL right after
-        # publishing step number N, before consuming its codes.
-        self.crash_at_step = int(os.environ.get("STCP_CRASH_AFTER_PUBLISHING_STEP", 0) or 0)
+        # publishing step number N (0: never), before consuming its codes.
+        self.crash_at_step = crash_at_step
         self.steps = 0
 
     def recover(self) -> int:
@@ -164,7 +165,8 @@ def main(cfg: ServerConfig) -> int:
 
 def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing) -> int:
     inbound, outbound, status = seg.inbound, seg.outbound, seg.status
-    stepper = LogicStepper(inbound.ring, outbound.ring, seg.journal, app, framing)
+    crash_at_step = int(os.environ.get("STCP_CRASH_AFTER_PUBLISHING_STEP") or 0)  # tests only
+    stepper = LogicStepper(inbound.ring, outbound.ring, seg.journal, app, framing, crash_at_step)
     finished = stepper.recover()
     inbound.recover_consumer()
     outbound.recover_producer()

@@ -135,6 +135,9 @@ class StatusBoard:
     def heartbeat(self, role: Role) -> int:
         return self._w[_role_word(role, _HEARTBEAT)]
 
+    def restarts(self, role: Role) -> int:
+        return self._w[_role_word(role, _RESTARTS)]
+
     def pid(self, role: Role) -> int:
         return self._w[_role_word(role, _PID)]
 
