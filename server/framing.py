@@ -24,8 +24,9 @@ _HEADER = 4
 _unpack_header = struct.Struct(">I").unpack_from
 
 
-class LengthFraming:
-    name = "length"
+class _Framer:
+    """What both framings share: the limit, the buffer of an incomplete
+    frame, and ``feed`` = ``split(take(data))``."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if not 0 <= max_frame < 1 << 32:
@@ -33,9 +34,25 @@ class LengthFraming:
         self.max_frame = max_frame
         self._buf = bytearray()
 
+    def take(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    @staticmethod
+    def split(wire: bytes) -> list[bytes]:
+        raise NotImplementedError
+
     def feed(self, data: bytes) -> list[bytes]:
         """Frames completed by ``data``.  Raises ``FrameTooLarge``."""
         return self.split(self.take(data))
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame waiting for more input."""
+        return len(self._buf)
+
+
+class LengthFraming(_Framer):
+    name = "length"
 
     def take(self, data: bytes) -> bytes:
         """Like ``feed``, but returns the complete frames still in wire form,
@@ -97,24 +114,9 @@ class LengthFraming:
     def encode(self, payload: bytes) -> bytes:
         return len(payload).to_bytes(_HEADER, "big") + payload
 
-    @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete frame waiting for more input."""
-        return len(self._buf)
 
-
-class LineFraming:
+class LineFraming(_Framer):
     name = "line"
-
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        if max_frame < 0:
-            raise ValueError(f"max_frame must be >= 0, got {max_frame!r}")
-        self.max_frame = max_frame
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Lines completed by ``data``.  Raises ``FrameTooLarge``."""
-        return self.split(self.take(data))
 
     def take(self, data: bytes) -> bytes:
         """Complete lines in wire form (see ``LengthFraming.take``)."""
@@ -166,10 +168,6 @@ class LineFraming:
 
     def encode(self, payload: bytes) -> bytes:
         return payload if payload.endswith(b"\n") else payload + b"\n"
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
 
 
 Framing = LengthFraming | LineFraming
