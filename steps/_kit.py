@@ -1,0 +1,230 @@
+"""The stage the demos run on (not a lesson: read the steps first).
+
+A step's demo is a *driver* that tells the story and plays the clients, plus
+the processes it starts.  Only the driver writes to the terminal.  A child's
+output comes through a pipe and is relayed, labelled, at the moments the
+driver waits for it (``Child.expect``), so the story prints in the same
+order on every run; that is what lets ``tests/steps`` compare it with a
+recorded transcript.
+
+Whatever a demo creates it removes: ``Stage`` kills the processes it started
+and removes the segments whose keys it handed out when the demo ends, also
+on Ctrl-C (the demo then exits with 130) or on an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sysv_ipc
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+
+
+class DemoError(Exception):
+    """The demo did not go as the lesson says (a child said something else,
+    or nothing in time)."""
+
+
+def say(*lines: str) -> None:
+    """Narrate: print and flush at once (the output may be a pipe)."""
+    for line in lines:
+        print(line, flush=True)
+
+
+def exit_text(status: int) -> str:
+    """``Popen.returncode`` in words."""
+    if status < 0:
+        return f"killed by {signal.Signals(-status).name}"
+    return f"exited with status {status}"
+
+
+def listen(port: int = 0) -> socket.socket:
+    """A listening socket on 127.0.0.1 (port 0: a free one)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as err:
+        sock.close()
+        raise DemoError(
+            f"cannot listen on 127.0.0.1:{port}: {err.strerror}; try --port 0"
+        ) from None
+    sock.listen(64)
+    return sock
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def segment_exists(key: int) -> bool:
+    try:
+        sysv_ipc.SharedMemory(key, 0).detach()
+    except sysv_ipc.ExistentialError:
+        return False
+    return True
+
+
+class Child:
+    """A process of the demo: ``python -m MODULE ARGS...``, its output
+    (stdout and stderr) read line by line into a queue by a thread."""
+
+    def __init__(self, label: str, argv: Sequence[str], *, relay: bool = True) -> None:
+        self.label = label
+        self.relay_lines = relay
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def show(self, line: str) -> None:
+        say(f"    [{self.label}] {line}")
+
+    def expect(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """Read (and relay) lines until one matches ``pattern``."""
+        regex = re.compile(pattern)
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                raise DemoError(
+                    f"the {self.label} process said nothing matching {pattern!r} in {timeout} s"
+                ) from None
+            if line is None:
+                self._lines.put(None)
+                status = self.proc.wait()
+                raise DemoError(
+                    f"the {self.label} process {exit_text(status)} before saying {pattern!r}"
+                )
+            match = regex.search(line)
+            if self.relay_lines or match:
+                self.show(line)
+            if match:
+                return match
+
+    def finish(self, timeout: float = 15.0) -> int:
+        """Wait for the process to end; relay what it still said."""
+        try:
+            status = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise DemoError(f"the {self.label} process did not end in {timeout} s") from None
+        while (line := self._lines.get(timeout=5)) is not None:
+            if self.relay_lines:
+                self.show(line)
+        self._lines.put(None)
+        return status
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def kill(self) -> int:
+        """SIGKILL: the process gets no chance to clean up anything."""
+        self.signal(signal.SIGKILL)
+        return self.finish()
+
+
+class Stage:
+    """The processes and segments of one demo; all gone at ``__exit__``."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+        self.keys: list[int] = []
+
+    def start(self, label: str, module: str, *args: str, relay: bool = True) -> Child:
+        child = Child(label, ["-m", module, *args], relay=relay)
+        self.children.append(child)
+        return child
+
+    def new_key(self) -> int:
+        """A random key nobody uses; its segment is removed at the end."""
+        while True:
+            key = random.randint(0x1000_0000, 0x7FFF_FFFF)
+            if not segment_exists(key):
+                self.keys.append(key)
+                return key
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # A second Ctrl-C must not cut the clean-up short: hold SIGINT until
+        # it is done (it is then delivered, and ends the demo as usual).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for child in self.children:
+                if child.proc.poll() is None:
+                    child.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(10)
+            for key in self.keys:
+                with contextlib.suppress(sysv_ipc.ExistentialError):
+                    seg = sysv_ipc.SharedMemory(key, 0)
+                    seg.remove()
+                    seg.detach()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Run a step's ``main``; Ctrl-C and demo errors end it with a clear word."""
+    try:
+        return main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        say("", "interrupted: the demo's processes are stopped and its segments removed")
+        return EXIT_INTERRUPTED
+    except DemoError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:  # a socket timed out or was refused, a segment vanished
+        print(f"Error: the demo failed: {err!r}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def child_run(main: Callable[..., Any], *args: Any) -> int:
+    """Entry of a child process: Ctrl-C (sent to the whole terminal group)
+    and SIGTERM end it quietly; the driver cleans up."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        main(*args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def parent_alive() -> bool:
+    """False once the driver that started us is gone (we were re-parented):
+    a child waiting for work stops then instead of living on as an orphan."""
+    return os.getppid() == _PARENT
+
+
+_PARENT = os.getppid()
