@@ -79,13 +79,30 @@ def segment_exists(key: int) -> bool:
     return True
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Child:
     """A process of the demo: ``python -m MODULE ARGS...``, its output
     (stdout and stderr) read line by line into a queue by a thread."""
 
-    def __init__(self, label: str, argv: Sequence[str], *, relay: bool = True) -> None:
+    def __init__(
+        self,
+        label: str,
+        argv: Sequence[str],
+        *,
+        relay: bool = True,
+        tidy: Callable[[str], str] = str,
+    ) -> None:
+        """``relay=False`` shows only the lines ``expect`` matches; ``tidy``
+        rewrites each line before it is matched and shown."""
         self.label = label
         self.relay_lines = relay
+        self.tidy = tidy
         self.proc = subprocess.Popen(
             [sys.executable, "-u", *argv],
             stdin=subprocess.DEVNULL,
@@ -103,7 +120,7 @@ class Child:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self._lines.put(line.rstrip("\n"))
+            self._lines.put(self.tidy(line.rstrip("\n")))
         self._lines.put(None)
 
     def show(self, line: str) -> None:
@@ -160,8 +177,8 @@ class Stage:
         self.children: list[Child] = []
         self.keys: list[int] = []
 
-    def start(self, label: str, module: str, *args: str, relay: bool = True) -> Child:
-        child = Child(label, ["-m", module, *args], relay=relay)
+    def start(self, label: str, module: str, *args: str, **options: Any) -> Child:
+        child = Child(label, ["-m", module, *args], **options)
         self.children.append(child)
         return child
 
@@ -181,10 +198,13 @@ class Stage:
         # it is done (it is then delivered, and ends the demo as usual).
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
+            for child in self.children:  # SIGTERM: a server stops gracefully
+                child.signal(signal.SIGTERM)
             for child in self.children:
-                if child.proc.poll() is None:
+                try:
+                    child.proc.wait(10)
+                except subprocess.TimeoutExpired:
                     child.proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
                     child.proc.wait(10)
             for key in self.keys:
                 with contextlib.suppress(sysv_ipc.ExistentialError):

@@ -1,0 +1,166 @@
+"""Step 07: INIT or RECOVER, decided once by the factory, obeyed by every object.
+
+**What it adds.**  In step 05 the worker carried an ``is_new`` flag by hand to
+every ring it built.  Now the factory makes the decision once and records it:
+``shm.start_mode`` is ``StartMode.INIT`` (a new segment) or
+``StartMode.RECOVER`` (an earlier run left a complete one), and every object
+placed in the segment looks at it in its constructor:
+
+* INIT: initialise the region (a new queue is formatted, a counter is 0);
+* RECOVER: skip the initialisation, keep what is there and *check* it
+  (shared memory is untrusted input).
+
+``Progress`` below is an object of our own, built that way in a dozen
+lines: anything that lives in bytes can be placed.
+
+The header also remembers the story: a ``generation`` that grows at every
+start, and a *ready* flag that INIT sets last, after every object is
+initialised.  A process killed in the middle of INIT leaves the flag unset,
+so the next start initialises again instead of "recovering" half-formatted
+memory.
+
+**Run it.**  ``python -m steps.step07_recovery_modes``.
+
+**What to watch.**  Worker #1 starts in INIT (generation 1) and every object
+initialises; it handles three of eight requests and is killed with
+``SIGKILL``.  Worker #2 starts in RECOVER (generation 2): every object skips
+its init, the five pending codes and the count of three are found, and the
+rest is handled.  Last, a segment whose INIT never finished is re-made in
+INIT, with the reason in the log.
+
+**Read next.**  ``server/layout.py`` (the header), ``server/segment.py``
+(what the real server places) and ``server/journal.py`` (how the logic
+process survives a kill at *any* instant, not only between requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from server.codes import Code, Kind, encode
+from server.errors import CorruptSegment
+from server.layout import StartMode
+from server.segment import segment_size
+from server.shm import SharedMemory, SHMFactory
+from steps._kit import DemoError, Stage, child_run, exit_text, parent_alive, run, say
+from steps.step06_classes import LAYOUT, answer, place_queues, take_replies
+
+PROGRESS_SIZE = 64
+LAYOUT7 = [*LAYOUT, ("progress", "Progress", PROGRESS_SIZE)]
+SIZE = segment_size(LAYOUT7)
+REQUESTS = 8
+
+
+class Progress:
+    """How many requests were handled, over every life of the worker.
+
+    Layout: u64 ``handled`` at byte 0 (written only by the worker); the rest
+    is reserved.  INIT sets it to 0; RECOVER keeps it after a range check."""
+
+    def __init__(self, shm: SharedMemory) -> None:
+        self._words = shm.place("progress", "Progress", PROGRESS_SIZE).cast("Q")
+        shm.on_detach(self._words.release)
+        self.initialised = shm.start_mode is StartMode.INIT
+        if self.initialised:
+            self._words[0] = 0
+        elif self._words[0] > 1 << 48:
+            raise CorruptSegment(
+                f"progress counter {self._words[0]} is impossible",
+                field="handled",
+                found=self._words[0],
+                expected="< 2**48",
+            )
+
+    @property
+    def handled(self) -> int:
+        return int(self._words[0])
+
+    def bump(self) -> None:
+        self._words[0] += 1
+
+
+def run_worker(key: int, stop_after: int) -> None:
+    logging.basicConfig(level=logging.WARNING, format="log: %(message)s", stream=sys.stdout)
+    shm = SHMFactory.create_product(key, SIZE, LAYOUT7)
+    say(f"start mode {shm.start_mode.name} (generation {shm.generation})")
+    inbound, outbound = place_queues(shm)
+    progress = Progress(shm)
+    shm.mark_ready()
+    what = "initialised" if shm.start_mode is StartMode.INIT else "init skipped, kept as found"
+    for p in shm.placements():
+        say(f"  {p.name:<9} {p.kind:<10} {what}")
+    say(f"{len(inbound)} pending code(s) found; {progress.handled} handled before")
+    handled_now = 0
+
+    def each(message: Code) -> None:
+        nonlocal handled_now
+        progress.bump()
+        handled_now += 1
+        say(f"handled {message.body.decode()} (total {progress.handled})")
+        if handled_now == stop_after:
+            say("stuck (pretending to hang, waiting to be killed)")
+            while parent_alive():
+                time.sleep(0.1)
+
+    answer(inbound, outbound, each)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m steps.step07_recovery_modes")
+    sub = parser.add_subparsers(dest="role")
+    worker = sub.add_parser("worker")
+    worker.add_argument("--key", type=lambda s: int(s, 0), required=True)
+    worker.add_argument("--stop-after", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.role == "worker":
+        return child_run(run_worker, args.key, args.stop_after)
+
+    module = "steps.step07_recovery_modes"
+    with Stage() as stage:
+        key = stage.new_key()
+        say(f"1. Start worker #1 with key 0x{key:08x}; no segment exists yet.")
+        first = stage.start("worker #1", module, "worker", "--key", hex(key), "--stop-after", "3")
+        first.expect("pending code")
+        shm = SHMFactory.attach(key)
+        inbound, outbound = place_queues(shm)
+        say(f"2. Push {REQUESTS} MESSAGE codes (we play the connect process).")
+        for i in range(1, REQUESTS + 1):
+            inbound.push(encode(Kind.MESSAGE, i, b"request %d" % i))
+        first.expect("stuck")
+        before = take_replies(outbound, 3)
+        say(
+            f"3. {len(before)} replies came back, {len(inbound)} codes still wait. "
+            f"kill -9 worker #1 (pid {first.pid}):",
+            f"   worker #1 {exit_text(first.kill())}.",
+        )
+        say("4. Start worker #2 with the same key.")
+        second = stage.start("worker #2", module, "worker", "--key", hex(key))
+        second.expect(f"handled request {REQUESTS} ")
+        after = take_replies(outbound, REQUESTS - len(before))
+        bodies = [r.body for r in before + after]
+        if bodies != [b"done: request %d" % i for i in range(1, REQUESTS + 1)]:
+            raise DemoError(f"the replies are not one per request, in order: {bodies!r}")
+        say(f"   All {REQUESTS} requests answered once, in order, across two lives of the worker.")
+        second.signal(15)
+        second.finish()
+        shm.detach()
+
+        key2 = stage.new_key()
+        say(f"5. Make segment 0x{key2:08x} but stop in the middle of INIT (never mark it ready),")
+        half = SHMFactory.create_product(key2, SIZE, LAYOUT7)
+        place_queues(half)
+        half.detach()
+        say("   then start worker #3 on it:")
+        third = stage.start("worker #3", module, "worker", "--key", hex(key2))
+        third.expect("pending code")
+        third.signal(15)
+        third.finish()
+    say("6. Done: every worker is stopped and both segments are removed.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))
