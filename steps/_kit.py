@@ -14,6 +14,7 @@ on Ctrl-C (the demo then exits with 130) or on an error.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import queue
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 import sysv_ipc
@@ -71,6 +73,22 @@ def connect(port: int) -> socket.socket:
     return sock
 
 
+def background(target: Callable[..., object], *args: object) -> threading.Thread:
+    """Start a daemon thread that never receives SIGINT or SIGTERM.
+
+    The kernel hands a signal to any thread that does not block it.  If a
+    helper thread took Ctrl-C, the main thread would stay blocked in its
+    ``recv`` or ``wait`` and learn of it only later, perhaps on its way
+    into a clean-up, which the KeyboardInterrupt would then cut short."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()  # the new thread inherits the blocked mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return thread
+
+
 def segment_exists(key: int) -> bool:
     try:
         sysv_ipc.SharedMemory(key, 0).detach()
@@ -111,7 +129,7 @@ class Child:
             text=True,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        background(self._read)
 
     @property
     def pid(self) -> int:
@@ -191,12 +209,22 @@ class Stage:
                 return key
 
     def __enter__(self) -> Stage:
+        self._closing = self._interrupted = False
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        # Ctrl-C stops the demo, but must not cut its clean-up short.  The
+        # signal may be handled at the very first instruction of __exit__
+        # (when an error, say a connection reset by a child that took the
+        # same Ctrl-C, is already on its way out), hence the frame check.
+        if self._closing or (frame is not None and frame.f_code is _EXIT_CODE):
+            self._interrupted = True
+            return
+        raise KeyboardInterrupt
+
     def __exit__(self, *exc: object) -> None:
-        # A second Ctrl-C must not cut the clean-up short: hold SIGINT until
-        # it is done (it is then delivered, and ends the demo as usual).
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        self._closing = True
         try:
             for child in self.children:  # SIGTERM: a server stops gracefully
                 child.signal(signal.SIGTERM)
@@ -212,7 +240,26 @@ class Stage:
                     seg.remove()
                     seg.detach()
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            signal.signal(signal.SIGINT, self._previous)
+        if self._interrupted:
+            raise KeyboardInterrupt from None
+
+
+_EXIT_CODE = Stage.__exit__.__code__
+
+
+def roles_parser(
+    prog: str, *roles: str
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """A step's options: none runs the demo; ``ROLE --key KEY`` runs one of
+    the processes the demo starts (on the segment the demo chose)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Without a ROLE: run the demo.")
+    sub = parser.add_subparsers(dest="role", metavar="ROLE")
+    made = {}
+    for role in roles:
+        made[role] = sub.add_parser(role, help=f"the demo's {role} process (the demo starts it)")
+        made[role].add_argument("--key", type=lambda text: int(text, 0), required=True)
+    return parser, made
 
 
 def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:

@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 
-from steps._kit import connect, listen, run, say
+from steps._kit import background, connect, listen, run, say
 
 HEADER = struct.Struct(">I")  # the length prefix: 4 bytes, big-endian
 MAX_FRAME = 64 * 1024
@@ -101,8 +100,7 @@ def main(argv: list[str]) -> int:
     with listen(args.port) as listener:
         port = listener.getsockname()[1]
         say(f"1. A blocking echo server listens on 127.0.0.1:{port}.")
-        server = threading.Thread(target=serve, args=(listener, 2), daemon=True)
-        server.start()
+        server = background(serve, listener, 2)
 
         say("2. Client A connects and sends b'hello' as one frame.")
         a = connect(port)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from server.errors import FrameTooLarge
 from server.framing import LengthFraming
-from steps._kit import connect, listen, run, say
+from steps._kit import background, connect, listen, run, say
 from steps.step01_blocking_echo import HEADER, recv_frame, send_frame
 
 
@@ -166,8 +166,7 @@ def main(argv: list[str]) -> int:
             while not stop.is_set():
                 server.poll(0.1)
 
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
+        thread = background(loop)
         say(f"1. A selector loop listens on 127.0.0.1:{port}, in one thread.")
         try:
             a, b, c = connect(port), connect(port), connect(port)
@@ -193,11 +192,14 @@ def main(argv: list[str]) -> int:
             say(f"   Meanwhile B asks again and gets back {recv_frame(b)!r} at once.")
             echoed = recv_frame(c, max_frame=BIG)
             same = "byte for byte" if echoed == big else "DAMAGED"
-            say(
-                f"   C now reads: all {len(echoed or b'') // 1024 // 1024} MiB came back, {same}.",
-                f"   The kernel took C's reply in parts ({server.partial_sends} times send() "
-                f"left a rest); each rest waited in C's out-buffer for EVENT_WRITE.",
-            )
+            say(f"   C now reads: all {len(echoed or b'') // 1024 // 1024} MiB came back, {same}.")
+            if server.partial_sends:
+                say(
+                    f"   The kernel took C's reply in parts ({server.partial_sends} times send() "
+                    f"left a rest); each rest waited in C's out-buffer for EVENT_WRITE."
+                )
+            else:
+                say("   The kernel took C's whole reply at once: its buffers are unusually large.")
             for sock in (a, b, c):
                 sock.close()
         finally:

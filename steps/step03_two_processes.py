@@ -23,8 +23,11 @@ two processes attach to it by its key.  This step uses the raw mechanism: one
 The order of the writes is the whole protocol: the writer fills id, length
 and payload, and sets ``full`` *last*; the reader copies everything out and
 clears ``full`` *last*.  (On x86 stores become visible in program order;
-``server/ring.py`` says what other CPUs need.)  A mailbox has no way to
-wake the other side, so both processes look at it every millisecond.
+``server/ring.py`` says what other CPUs need.)  The logic process leaves a
+request in its mailbox while it works on it and removes it only once the
+reply is in the other mailbox, so a crash in between would repeat the
+request rather than lose it.  A mailbox cannot wake the other side, so both
+processes look at it every millisecond.
 
 **Run it.**  ``python -m steps.step03_two_processes``.
 
@@ -42,15 +45,27 @@ segment.
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import sysv_ipc
 
-from steps._kit import DemoError, Stage, child_run, connect, listen, parent_alive, run, say
+from steps._kit import (
+    DemoError,
+    Stage,
+    child_run,
+    connect,
+    listen,
+    parent_alive,
+    roles_parser,
+    run,
+    say,
+)
 from steps.step01_blocking_echo import recv_frame, send_frame
 from steps.step02_many_clients import SelectorServer
 
@@ -64,6 +79,7 @@ class Channel(Protocol):
     """One direction between the processes: a Mailbox here, a ring in step 04."""
 
     def put(self, client_id: int, payload: bytes) -> bool: ...
+    def peek(self) -> tuple[int, bytes] | None: ...
     def take(self) -> tuple[int, bytes] | None: ...
 
 
@@ -83,16 +99,21 @@ class Mailbox:
         self.seg.write(b"\1", self.offset)  # last: now the reader may look
         return True
 
-    def take(self) -> tuple[int, bytes] | None:
-        """The waiting entry, or None if the slot is empty."""
+    def peek(self) -> tuple[int, bytes] | None:
+        """The waiting entry, left in place; None if the slot is empty."""
         if self.seg.read(1, self.offset) != b"\1":
             return None
         client_id, length = _ENTRY.unpack(self.seg.read(_ENTRY.size, self.offset + 8))
         if length > PAYLOAD_MAX:  # shared memory is untrusted input
             raise ValueError(f"mailbox at {self.offset} claims {length} bytes ({PAYLOAD_MAX} max)")
-        payload = self.seg.read(length, self.offset + 20)
-        self.seg.write(b"\0", self.offset)  # last: now the writer may refill it
-        return client_id, payload
+        return client_id, self.seg.read(length, self.offset + 20)
+
+    def take(self) -> tuple[int, bytes] | None:
+        """The waiting entry, removed; None if the slot is empty."""
+        entry = self.peek()
+        if entry is not None:
+            self.seg.write(b"\0", self.offset)  # last: now the writer may refill it
+        return entry
 
 
 class RelayServer(SelectorServer):
@@ -138,16 +159,27 @@ def slow_upper(payload: bytes) -> bytes:
     return payload.upper()
 
 
+def handle_next(
+    from_connect: Channel, to_connect: Channel, work: Callable[[bytes], bytes]
+) -> bytes | None:
+    """Answer the oldest request, if there is one, and return it.  The
+    request leaves the channel only once its reply is in the other one: a
+    crash in between makes it run again rather than vanish."""
+    request = from_connect.peek()
+    if request is None:
+        return None
+    client_id, payload = request
+    reply = work(payload)
+    while not to_connect.put(client_id, reply):
+        time.sleep(POLL)
+    from_connect.take()
+    return payload
+
+
 def run_logic(from_connect: Channel, to_connect: Channel) -> None:
     say("waiting for requests")
     while parent_alive():
-        request = from_connect.take()
-        if request is None:
-            time.sleep(POLL)
-            continue
-        client_id, payload = request
-        reply = slow_upper(payload)
-        while not to_connect.put(client_id, reply):
+        if handle_next(from_connect, to_connect, slow_upper) is None:
             time.sleep(POLL)
 
 
@@ -171,42 +203,53 @@ def attach_mailboxes(key: int) -> tuple[Mailbox, Mailbox]:
     return Mailbox(seg, 0), Mailbox(seg, MAILBOX)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m steps.step03_two_processes")
-    sub = parser.add_subparsers(dest="role")
-    for role in ("connect", "logic"):
-        p = sub.add_parser(role)
-        p.add_argument("--key", type=lambda s: int(s, 0), required=True)
-        p.add_argument("--port", type=int, default=0)
+def relay_options(prog: str, argv: list[str]) -> argparse.Namespace:
+    """The options of steps 03 and 04: the demo, or one of its processes."""
+    parser, roles = roles_parser(prog, "connect", "logic")
+    roles["connect"].add_argument("--port", type=int, default=0)
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
-    args = parser.parse_args(argv)
-    if args.role == "connect":
-        inbound, outbound = attach_mailboxes(args.key)
-        return child_run(run_connect, inbound, outbound, args.port)
-    if args.role == "logic":
-        inbound, outbound = attach_mailboxes(args.key)
-        return child_run(run_logic, inbound, outbound)
+    return parser.parse_args(argv)
 
-    module = "steps.step03_two_processes"
+
+def run_role(args: argparse.Namespace, channels: tuple[Channel, Channel]) -> int:
+    """Be the connect or the logic process of the demo."""
+    if args.role == "connect":
+        return child_run(run_connect, *channels, args.port)
+    return child_run(run_logic, *channels)
+
+
+def relay_demo(stage: Stage, module: str, key: int, port: int, note: str) -> None:
+    """Start the logic and the connect process on segment ``key``, say
+    ``note``, let five clients in, and stop the connect process, which says
+    what it held back."""
+    logic = stage.start("logic", module, "logic", "--key", hex(key))
+    logic.expect("waiting for requests")
+    conn = stage.start("connect", module, "connect", "--key", hex(key), "--port", str(port))
+    port = int(conn.expect(r"listening on 127\.0\.0\.1:(\d+)")[1])
+    say(note)
+    five_clients_at_once(port)
+    say("4. Stop the connect process and ask how much it had to hold back:")
+    conn.signal(signal.SIGTERM)
+    conn.finish()
+
+
+def main(argv: list[str]) -> int:
+    args = relay_options("python -m steps.step03_two_processes", argv)
+    if args.role:
+        return run_role(args, attach_mailboxes(args.key))
+
     with Stage() as stage:
         key = stage.new_key()
         seg = sysv_ipc.SharedMemory(
             key, sysv_ipc.IPC_CREX, mode=0o600, size=2 * MAILBOX, init_character=b"\0"
         )  # (sysv_ipc fills a new segment with spaces unless told otherwise)
         seg.detach()
-        say(f"1. Created segment 0x{key:08x} ({2 * MAILBOX} bytes, mode 0600): two mailboxes.")
-        say("2. Start the logic process and the connect process; both attach to it.")
-        logic = stage.start("logic", module, "logic", "--key", hex(key))
-        logic.expect("waiting for requests")
-        conn = stage.start(
-            "connect", module, "connect", "--key", hex(key), "--port", str(args.port)
+        say(
+            f"1. Created segment 0x{key:08x} ({2 * MAILBOX} bytes, mode 0600): two mailboxes.",
+            "2. Start the logic process and the connect process; both attach to it.",
         )
-        port = int(conn.expect(r"listening on 127\.0\.0\.1:(\d+)")[1])
-        say("3. The logic process needs 0.2 s per request and the mailbox holds one.")
-        five_clients_at_once(port)
-        say("4. Stop the connect process and ask how much it had to hold back:")
-        conn.signal(15)
-        conn.finish()
+        note = "3. The logic process needs 0.2 s per request and the mailbox holds one."
+        relay_demo(stage, "steps.step03_two_processes", key, args.port, note)
         say(
             "   Those requests were only in the connect process's memory: a crash there",
             "   would have lost them, and the single slot made it wait for the logic",

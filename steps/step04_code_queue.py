@@ -36,14 +36,13 @@ commit rule.
 
 from __future__ import annotations
 
-import argparse
 import struct
 
 import sysv_ipc
 
 from server.ring import CodeRing, region_size
-from steps._kit import Stage, child_run, run, say
-from steps.step03_two_processes import five_clients_at_once, run_connect, run_logic
+from steps._kit import Stage, run, say
+from steps.step03_two_processes import relay_demo, relay_options, run_role
 
 CAPACITY = 64 * 1024
 REGION = region_size(CAPACITY)
@@ -51,7 +50,7 @@ _CLIENT = struct.Struct("<Q")
 
 
 class RingChannel:
-    """Step 03's put/take, over a ring: a code is the client id, then the payload."""
+    """Step 03's channel over a ring: a code is the client id, then the payload."""
 
     def __init__(self, ring: CodeRing) -> None:
         self.ring = ring
@@ -59,8 +58,14 @@ class RingChannel:
     def put(self, client_id: int, payload: bytes) -> bool:
         return self.ring.push(_CLIENT.pack(client_id) + payload)
 
+    def peek(self) -> tuple[int, bytes] | None:
+        return self._split(self.ring.peek())
+
     def take(self) -> tuple[int, bytes] | None:
-        code = self.ring.pop()
+        return self._split(self.ring.pop())
+
+    @staticmethod
+    def _split(code: bytes | None) -> tuple[int, bytes] | None:
         if code is None:
             return None
         if len(code) < _CLIENT.size:  # shared memory is untrusted input
@@ -109,23 +114,11 @@ def rings_on(seg: sysv_ipc.SharedMemory, init: bool) -> tuple[RingChannel, RingC
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m steps.step04_code_queue")
-    sub = parser.add_subparsers(dest="role")
-    for role in ("connect", "logic"):
-        p = sub.add_parser(role)
-        p.add_argument("--key", type=lambda s: int(s, 0), required=True)
-        p.add_argument("--port", type=int, default=0)
-    parser.add_argument("--port", type=int, default=0, help="default: a free port")
-    args = parser.parse_args(argv)
-    if args.role == "connect":
-        return child_run(
-            run_connect, *rings_on(sysv_ipc.SharedMemory(args.key), init=False), args.port
-        )
-    if args.role == "logic":
-        return child_run(run_logic, *rings_on(sysv_ipc.SharedMemory(args.key), init=False))
+    args = relay_options("python -m steps.step04_code_queue", argv)
+    if args.role:
+        return run_role(args, rings_on(sysv_ipc.SharedMemory(args.key), init=False))
 
     wrap_around_in_plain_memory()
-    module = "steps.step04_code_queue"
     with Stage() as stage:
         key = stage.new_key()
         seg = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=0o600, size=2 * REGION)
@@ -134,17 +127,8 @@ def main(argv: list[str]) -> int:
             f"2. Created segment 0x{key:08x} with two rings of {CAPACITY // 1024} KiB, "
             f"formatted them, and started the two processes of step 03 on it."
         )
-        logic = stage.start("logic", module, "logic", "--key", hex(key))
-        logic.expect("waiting for requests")
-        conn = stage.start(
-            "connect", module, "connect", "--key", hex(key), "--port", str(args.port)
-        )
-        port = int(conn.expect(r"listening on 127\.0\.0\.1:(\d+)")[1])
-        say("3. The logic process still needs 0.2 s per request.")
-        five_clients_at_once(port)
-        say("4. Stop the connect process and ask how much it had to hold back:")
-        conn.signal(15)
-        conn.finish()
+        note = "3. The logic process still needs 0.2 s per request."
+        relay_demo(stage, "steps.step04_code_queue", key, args.port, note)
         say(
             "   Nothing: every request went straight into the inbound ring, in shared",
             "   memory. Step 05 kills a process with codes still waiting there.",

@@ -34,13 +34,12 @@ decision, plus the checks this raw version leaves out (size, owner, mode).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import sysv_ipc
 
-from steps._kit import DemoError, Stage, child_run, exit_text, parent_alive, run, say
-from steps.step03_two_processes import POLL
+from steps._kit import DemoError, Stage, child_run, exit_text, parent_alive, roles_parser, run, say
+from steps.step03_two_processes import POLL, handle_next
 from steps.step04_code_queue import REGION, RingChannel, rings_on
 
 SIZE = 2 * REGION
@@ -72,13 +71,10 @@ def run_worker(key: int, stop_after: int, always_format: bool) -> None:
     say(f"{len(inbound.ring)} request(s) waiting in the inbound ring")
     handled = 0
     while parent_alive():
-        request = inbound.take()
-        if request is None:
+        payload = handle_next(inbound, outbound, lambda request: b"done: " + request)
+        if payload is None:
             time.sleep(POLL)
             continue
-        client_id, payload = request
-        while not outbound.put(client_id, b"done: " + payload):
-            time.sleep(POLL)
         handled += 1
         say(f"handled {payload.decode()}")
         if handled == stop_after:
@@ -132,10 +128,8 @@ def crash_and_restart(stage: Stage, always_format: bool) -> list[bytes]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m steps.step05_attach_or_create")
-    sub = parser.add_subparsers(dest="role")
-    worker = sub.add_parser("worker")
-    worker.add_argument("--key", type=lambda s: int(s, 0), required=True)
+    parser, roles = roles_parser("python -m steps.step05_attach_or_create", "worker")
+    worker = roles["worker"]
     worker.add_argument("--stop-after", type=int, default=0)
     worker.add_argument("--always-format", action="store_true")
     args = parser.parse_args(argv)

@@ -34,7 +34,6 @@ how the classes tell a first start from a recovery.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import struct
 import sys
@@ -48,7 +47,16 @@ from server.codes import Code, Kind, decode, encode
 from server.errors import CorruptSegment
 from server.segment import segment_size
 from server.shm import SharedMemory, SHMFactory
-from steps._kit import DemoError, Stage, child_run, cpu_seconds, parent_alive, run, say
+from steps._kit import (
+    DemoError,
+    Stage,
+    child_run,
+    cpu_seconds,
+    parent_alive,
+    roles_parser,
+    run,
+    say,
+)
 
 CAPACITY = 64 * 1024
 LAYOUT = [CodeQueue.layout(CAPACITY, "inbound"), CodeQueue.layout(CAPACITY, "outbound")]
@@ -104,9 +112,7 @@ def damage(key: int, offset: int, junk: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m steps.step06_classes")
-    sub = parser.add_subparsers(dest="role")
-    sub.add_parser("logic").add_argument("--key", type=lambda s: int(s, 0), required=True)
+    parser, _roles = roles_parser("python -m steps.step06_classes", "logic")
     args = parser.parse_args(argv)
     if args.role == "logic":
         return child_run(run_logic, args.key)

@@ -35,7 +35,6 @@ process survives a kill at *any* instant, not only between requests).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -45,7 +44,7 @@ from server.errors import CorruptSegment
 from server.layout import StartMode
 from server.segment import segment_size
 from server.shm import SharedMemory, SHMFactory
-from steps._kit import DemoError, Stage, child_run, exit_text, parent_alive, run, say
+from steps._kit import DemoError, Stage, child_run, exit_text, parent_alive, roles_parser, run, say
 from steps.step06_classes import LAYOUT, answer, place_queues, take_replies
 
 PROGRESS_SIZE = 64
@@ -109,11 +108,8 @@ def run_worker(key: int, stop_after: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m steps.step07_recovery_modes")
-    sub = parser.add_subparsers(dest="role")
-    worker = sub.add_parser("worker")
-    worker.add_argument("--key", type=lambda s: int(s, 0), required=True)
-    worker.add_argument("--stop-after", type=int, default=0)
+    parser, roles = roles_parser("python -m steps.step07_recovery_modes", "worker")
+    roles["worker"].add_argument("--stop-after", type=int, default=0)
     args = parser.parse_args(argv)
     if args.role == "worker":
         return child_run(run_worker, args.key, args.stop_after)
