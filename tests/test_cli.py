@@ -54,3 +54,21 @@ def test_inspect_and_clean(key: int) -> None:
 def test_bad_key_is_a_usage_error() -> None:
     result = run("inspect", "--key", "banana")
     assert result.returncode == 2 and "0x53544350" in result.stderr
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(key: int) -> None:
+    """``inspect | head -1``: the reader leaves before the table is written."""
+    with SHMFactory.create_product(key, 1 << 16) as shm:
+        CodeQueue(shm, 3333, "inbound")
+        shm.mark_ready()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "inspect", "--key", hex(key)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        proc.stdout.close()  # long before the interpreter has started
+        _, errors = proc.communicate(timeout=60)
+    assert "Traceback" not in errors, errors
+    assert proc.returncode == 1
