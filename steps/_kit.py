@@ -172,9 +172,12 @@ class Child:
             status = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise DemoError(f"the {self.label} process did not end in {timeout} s") from None
-        while (line := self._lines.get(timeout=5)) is not None:
-            if self.relay_lines:
-                self.show(line)
+        try:
+            while (line := self._lines.get(timeout=5)) is not None:
+                if self.relay_lines:
+                    self.show(line)
+        except queue.Empty:  # a process it started still holds the pipe open
+            return status
         self._lines.put(None)
         return status
 
