@@ -23,14 +23,14 @@ def _hold(key: int, seconds: float) -> None:
 
 
 def attached_elsewhere(procs, key: int) -> None:  # type: ignore[no-untyped-def]
-    """Start a process that stays attached to ``key``."""
-    seg = sysv_ipc.SharedMemory(key, 0)
-    before = seg.number_attached
+    """Start a process that stays attached to ``key``.
+
+    We must not be attached while it forks: the child would inherit our
+    mapping, and count twice."""
     procs.start(_hold, key, 30)
     deadline = time.monotonic() + 5
-    while seg.number_attached == before and time.monotonic() < deadline:
+    while SHMFactory.attached_elsewhere(key) == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    seg.detach()
 
 
 def make_ready(key: int, size: int = SIZE) -> None:
