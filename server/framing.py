@@ -41,6 +41,27 @@ class _Framer:
     def split(wire: bytes) -> list[bytes]:
         raise NotImplementedError
 
+    @staticmethod
+    def frame_end(wire: bytes, i: int) -> int:
+        """Where the frame starting at ``i`` of ``take``'s output ends."""
+        raise NotImplementedError
+
+    @classmethod
+    def cut(cls, wire: bytes, limit: int) -> list[bytes]:
+        """``take``'s output in pieces of at most ``limit`` bytes, cut between
+        frames (a single larger frame stays whole).  Only for a read larger
+        than ``limit``, so a call per frame is fine here."""
+        pieces: list[bytes] = []
+        start = i = 0
+        while i < len(wire):
+            j = cls.frame_end(wire, i)
+            if j - start > limit and i > start:
+                pieces.append(wire[start:i])
+                start = i
+            i = j
+        pieces.append(wire[start:])
+        return pieces
+
     def feed(self, data: bytes) -> list[bytes]:
         """Frames completed by ``data``.  Raises ``FrameTooLarge``."""
         return self.split(self.take(data))
@@ -78,19 +99,8 @@ class LengthFraming(_Framer):
         return buf[:i]
 
     @staticmethod
-    def cut(wire: bytes, limit: int) -> list[bytes]:
-        """``take``'s output in pieces of at most ``limit`` bytes, cut between
-        frames (a single larger frame stays whole)."""
-        pieces: list[bytes] = []
-        start = i = 0
-        while i < len(wire):
-            j = i + _HEADER + _unpack_header(wire, i)[0]
-            if j - start > limit and i > start:
-                pieces.append(wire[start:i])
-                start = i
-            i = j
-        pieces.append(wire[start:])
-        return pieces
+    def frame_end(wire: bytes, i: int) -> int:
+        return i + _HEADER + _unpack_header(wire, i)[0]
 
     @staticmethod
     def split(wire: bytes) -> list[bytes]:
@@ -143,19 +153,8 @@ class LineFraming(_Framer):
         return whole
 
     @staticmethod
-    def cut(wire: bytes, limit: int) -> list[bytes]:
-        """``take``'s output in pieces of at most ``limit`` bytes, cut after
-        a newline (a single longer line stays whole)."""
-        pieces: list[bytes] = []
-        start = i = 0
-        while i < len(wire):
-            j = wire.index(b"\n", i) + 1
-            if j - start > limit and i > start:
-                pieces.append(wire[start:i])
-                start = i
-            i = j
-        pieces.append(wire[start:])
-        return pieces
+    def frame_end(wire: bytes, i: int) -> int:
+        return wire.index(b"\n", i) + 1
 
     @staticmethod
     def split(wire: bytes) -> list[bytes]:
