@@ -1,20 +1,76 @@
 """A stepwise TCP server framework whose work survives ``kill -9``.
 
-Layers, from the bottom up (each module's docstring is its theory of
-operation):
+General layout (each module's docstring is its theory of operation; a layer
+imports only the layers below it, and ``tests/test_layers.py`` checks it)::
 
-* ``errors``    — the whole exception tree.
-* ``layout``    — the segment header and placement directory (pure).
-* ``ring``      — the ring of length-prefixed codes (pure).
-* ``shm``       — ``SHMFactory`` (System V: INIT or RECOVER) and the
-  ``SharedMemory`` allocator that places objects in order.
-* ``doorbell``  — how a producer wakes a sleeping consumer.
-* ``codequeue`` — ``CodeQueue``: a ring placed in a segment, with a doorbell.
-* ``framing``   — length-prefixed and line framing of the TCP stream (pure).
-* ``codes``     — the codes between the connect and logic processes, and
-  connection ids that carry a generation (pure).
-* ``journal``   — the logic process's step journal: exactly-once replies
-  across crashes, and poison codes set aside (pure).
+    server.cli     command line, inspector formatting, demo, line client
+    server.proc    supervisor, connect and logic processes: thin loops
+    server.ipc     System V segment + allocator, doorbells, CodeQueue
+    server.core    pure: ring, segment header, codes, framing, journal,
+                   client table, logic stepper, supervisor decisions, apps
+    server.errors  the whole exception tree
+
+A new part goes in the lowest layer that can hold it: a decision (when to
+close, what to resend, when to restart) is a pure function or class in
+``core``, tested on bytes and numbers; only ``ipc`` and ``proc`` touch the
+operating system.
+
+The names below are the public API::
+
+    from server import SHMFactory, StartMode, CodeQueue
+
+    shm = SHMFactory.create_product(key, size)   # INIT, or RECOVER if it exists
+    q = CodeQueue(shm, 1 << 16, "inbound")       # INIT formats, RECOVER keeps
+    shm.mark_ready()
 """
 
+from .core.app import Conn
+from .core.header import StartMode
+from .errors import (
+    BadCode,
+    CannotListen,
+    CodeTooLarge,
+    ConfigError,
+    CorruptQueue,
+    CorruptSegment,
+    Detached,
+    DoorbellInUse,
+    FrameTooLarge,
+    LayoutMismatch,
+    ProtocolError,
+    SegmentError,
+    SegmentFull,
+    SegmentInUse,
+    SegmentPermissionError,
+    ServerError,
+    ServerUnreachable,
+)
+from .ipc.codequeue import CodeQueue
+from .ipc.shm import SharedMemory, SHMFactory
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "SHMFactory",
+    "SharedMemory",
+    "StartMode",
+    "CodeQueue",
+    "Conn",
+    "ServerError",
+    "SegmentError",
+    "SegmentInUse",
+    "SegmentPermissionError",
+    "CorruptSegment",
+    "CorruptQueue",
+    "BadCode",
+    "LayoutMismatch",
+    "SegmentFull",
+    "Detached",
+    "CodeTooLarge",
+    "DoorbellInUse",
+    "ProtocolError",
+    "FrameTooLarge",
+    "ConfigError",
+    "CannotListen",
+    "ServerUnreachable",
+]

@@ -17,7 +17,7 @@ silent, and gets *no answer*: the server is stuck in ``recv()`` on A's
 socket and cannot even ``accept()`` B.  B is answered only after A leaves.
 One slow or idle client blocks everyone: step 02 fixes that.
 
-**Read next.**  ``server/framing.py``: the same frames parsed from whatever
+**Read next.**  ``server/core/framing.py``: the same frames parsed from whatever
 bytes arrived, without ever blocking (step 02 uses it).
 """
 

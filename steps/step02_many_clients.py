@@ -23,9 +23,10 @@ answered when complete, and client C's 8 MiB reply does not fit the kernel's
 buffers while C is not reading: the rest waits in C's out-buffer, and B is
 still served meanwhile.
 
-**Read next.**  ``server/framing.py`` (the framer used here) and
-``server/connect.py``, the production version of this loop (it also bounds
-each out-buffer and closes idle clients).
+**Read next.**  ``server/core/framing.py`` (the framer used here) and
+``server/proc/connect.py``, the production version of this loop, with every
+policy about clients (bounded out-buffers, idle clients) in
+``server/core/clients.py``.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from server.errors import FrameTooLarge
-from server.framing import LengthFraming
+from server import FrameTooLarge
+from server.core.framing import LengthFraming
 from steps._kit import background, connect, listen, run, say
 from steps.step01_blocking_echo import HEADER, recv_frame, send_frame
 

@@ -23,7 +23,7 @@ two processes attach to it by its key.  This step uses the raw mechanism: one
 The order of the writes is the whole protocol: the writer fills id, length
 and payload, and sets ``full`` *last*; the reader copies everything out and
 clears ``full`` *last*.  (On x86 stores become visible in program order;
-``server/ring.py`` says what other CPUs need.)  The logic process leaves a
+``server/core/ring.py`` says what other CPUs need.)  The logic process leaves a
 request in its mailbox while it works on it and removes it only once the
 reply is in the other mailbox, so a crash in between would repeat the
 request rather than lose it.  A mailbox cannot wake the other side, so both
@@ -38,7 +38,7 @@ else: if the connect process died now, they would be lost, and while the
 slot is full the connect process can hand over nothing.  That is why step 04
 puts a *queue* in the segment.
 
-**Read next.**  ``server/segment.py``: what the real server puts in its
+**Read next.**  ``server/ipc/segment.py``: what the real server puts in its
 segment.
 """
 

@@ -26,9 +26,9 @@ finds the segment, attaches without formatting, finds the five waiting
 requests and answers them.  Then the same story with a worker that formats
 the rings on every start: the five requests are gone.  (The kill lands while
 the worker is stuck, between two requests; a kill in the middle of a request
-is the business of ``server/journal.py``.)
+is the business of ``server/core/journal.py``.)
 
-**Read next.**  ``server/shm.py``, ``SHMFactory.create_product``: the same
+**Read next.**  ``server/ipc/shm.py``, ``SHMFactory.create_product``: the same
 decision, plus the checks this raw version leaves out (size, owner, mode).
 """
 

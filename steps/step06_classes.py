@@ -4,7 +4,7 @@
 the segment held.  From here on the steps use the package's classes, the
 Python faces of the original design:
 
-* ``SHMFactory.create_product(key, size)`` (``server/shm.py``): step 05's
+* ``SHMFactory.create_product(key, size)`` (``server/ipc/shm.py``): step 05's
   create-or-attach, plus the checks it left out (size, owner, mode 0600)
   and a *header* at the start of the segment: a magic number, a layout
   version, a ready flag and a directory of every object placed.
@@ -13,10 +13,10 @@ Python faces of the original design:
   of the segment; here ``place`` hands out the next region as a
   ``memoryview`` and records it in the directory, so nobody computes
   offsets by hand any more.
-* ``CodeQueue`` (``server/codequeue.py``): step 04's ring placed in the
+* ``CodeQueue`` (``server/ipc/codequeue.py``): step 04's ring placed in the
   segment, plus a *doorbell*: a consumer with nothing to do sleeps in the
   kernel instead of looking every millisecond, and the producer wakes it.
-* *Messages*: ``server/codes.py`` encodes a code as a kind (OPENED, MESSAGE,
+* *Messages*: ``server/core/codes.py`` encodes a code as a kind (OPENED, MESSAGE,
   CLOSED, SEND, ...), a connection id and a body, and decodes and checks it
   on the way out (the original's Message and MessageQueue).
 
@@ -28,7 +28,7 @@ Then two kinds of damage: junk in the header makes the factory re-initialise
 the segment (with a warning saying why) instead of reading garbage as queue
 counters, and an impossible counter in a queue gives a clear error.
 
-**Read next.**  ``server/shm.py`` and ``server/codequeue.py``; step 07 shows
+**Read next.**  ``server/ipc/shm.py`` and ``server/ipc/codequeue.py``; step 07 shows
 how the classes tell a first start from a recovery.
 """
 
@@ -42,11 +42,9 @@ from collections.abc import Callable
 
 import sysv_ipc
 
-from server.codequeue import CodeQueue
-from server.codes import Code, Kind, decode, encode
-from server.errors import CorruptSegment
-from server.segment import segment_size
-from server.shm import SharedMemory, SHMFactory
+from server import CodeQueue, CorruptSegment, SharedMemory, SHMFactory
+from server.core.codes import Code, Kind, decode, encode
+from server.ipc.segment import layout_of, segment_size
 from steps._kit import (
     DemoError,
     Stage,
@@ -59,7 +57,7 @@ from steps._kit import (
 )
 
 CAPACITY = 64 * 1024
-LAYOUT = [CodeQueue.layout(CAPACITY, "inbound"), CodeQueue.layout(CAPACITY, "outbound")]
+LAYOUT = layout_of([("inbound", CodeQueue, CAPACITY), ("outbound", CodeQueue, CAPACITY)])
 SIZE = segment_size(LAYOUT)
 
 

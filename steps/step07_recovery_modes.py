@@ -28,8 +28,8 @@ its init, the five pending codes and the count of three are found, and the
 rest is handled.  Last, a segment whose INIT never finished is re-made in
 INIT, with the reason in the log.
 
-**Read next.**  ``server/layout.py`` (the header), ``server/segment.py``
-(what the real server places) and ``server/journal.py`` (how the logic
+**Read next.**  ``server/core/header.py`` (the header), ``server/ipc/segment.py``
+(what the real server places) and ``server/core/journal.py`` (how the logic
 process survives a kill at *any* instant, not only between requests).
 """
 
@@ -39,11 +39,9 @@ import logging
 import sys
 import time
 
-from server.codes import Code, Kind, encode
-from server.errors import CorruptSegment
-from server.layout import StartMode
-from server.segment import segment_size
-from server.shm import SharedMemory, SHMFactory
+from server import CorruptSegment, SharedMemory, SHMFactory, StartMode
+from server.core.codes import Code, Kind, encode
+from server.ipc.segment import segment_size
 from steps._kit import DemoError, Stage, child_run, exit_text, parent_alive, roles_parser, run, say
 from steps.step06_classes import LAYOUT, answer, place_queues, take_replies
 

@@ -4,7 +4,7 @@
 starts a supervisor that makes the segment (INIT or RECOVER, step 07) and
 starts a connect process (step 02's loop, grown up) and a logic process that
 trade codes through two CodeQueues (step 06).  The application is a class
-with ``on_open``, ``on_message`` and ``on_close``; ``server/apps.py``'s
+with ``on_open``, ``on_message`` and ``on_close``; ``server/core/apps.py``'s
 ``Chat`` is a dozen lines.  A chat room needs three more things:
 
 * *broadcast*: one line reaches every other user.  The logic process does
@@ -27,9 +27,9 @@ line from one reaches the two others; a fourth user is turned away; a user
 leaves and the rest are told.  Then a ``SIGTERM``: the supervisor stops the
 connect process first, then the logic process once its queue is empty.
 
-**Read next.**  ``server/apps.py`` (the chat), ``server/app.py`` (what a
-``conn`` can do), ``server/connect.py`` (the broadcast) and
-``server/supervisor.py`` (the signals).
+**Read next.**  ``server/core/apps.py`` (the chat), ``server/core/app.py`` (what a
+``conn`` can do), ``server/proc/connect.py`` (the broadcast) and
+``server/proc/supervisor.py`` (the signals).
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ import json
 import subprocess
 import sys
 
-from server.codequeue import CodeQueue
-from server.shm import SHMFactory
+from server import CodeQueue, SHMFactory
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,9 +7,7 @@ import signal
 import statistics
 import time
 
-from server.codequeue import CodeQueue
-from server.errors import CodeTooLarge
-from server.shm import SharedMemory, SHMFactory, StartMode
+from server import CodeQueue, CodeTooLarge, SharedMemory, SHMFactory, StartMode
 
 SIZE = 1 << 20
 

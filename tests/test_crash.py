@@ -14,8 +14,7 @@ import struct
 import tempfile
 import time
 
-from server.codequeue import CodeQueue
-from server.shm import SHMFactory
+from server import CodeQueue, SHMFactory
 
 SIZE = 1 << 16
 CAPACITY = 3333  # odd, so records wrap at every offset over time

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from server.errors import FrameTooLarge, ProtocolError
-from server.framing import LengthFraming, LineFraming, make_framing
+from server import BadCode, ConfigError, FrameTooLarge
+from server.core.codes import frame_records, payloads
+from server.core.framing import LengthFraming, LineFraming, make_framing
 
 PAYLOADS = [b"", b"a", b"hello world", bytes(range(256)) * 4, b"x" * 100]
 
@@ -65,25 +66,36 @@ def test_line_framing_limits() -> None:
         LineFraming(max_frame=5).feed(b"123456\n")
 
 
-def test_unknown_framing_is_named() -> None:
-    with pytest.raises(ProtocolError, match="'xml'.*length, line"):
+def test_unknown_framing_is_a_config_error_that_names_it() -> None:
+    with pytest.raises(ConfigError, match="--framing 'xml'.*length, line") as info:
         make_framing("xml")
+    assert (info.value.option, info.value.value) == ("--framing", "xml")
 
 
 @pytest.mark.parametrize("cls", [LengthFraming, LineFraming])
-def test_take_then_split_gives_the_frames_back_in_any_pieces(cls) -> None:  # type: ignore[no-untyped-def]
+def test_take_gives_frame_records_in_any_pieces(cls) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(7)
-    payloads = [bytes(rng.choice(b"ab\r") for _ in range(rng.randint(0, 60))) for _ in range(300)]
-    payloads = [p.rstrip(b"\r") for p in payloads]
-    wire = b"".join(cls(100).encode(p) for p in payloads)
+    frames = [bytes(rng.choice(b"ab\r") for _ in range(rng.randint(0, 60))) for _ in range(300)]
+    frames = [p.rstrip(b"\r") for p in frames]
+    wire = b"".join(cls(100).encode(p) for p in frames)
     reader = cls(100)
     got: list[bytes] = []
     i = 0
     while i < len(wire):
         k = rng.randint(1, 50)
-        got += cls.split(reader.take(wire[i : i + k]))
+        got += [p for body in reader.take(wire[i : i + k]) for p in payloads(body)]
         i += k
-    assert got == payloads and reader.buffered == 0
+    assert got == frames and reader.buffered == 0
+
+
+def test_length_framing_passes_whole_frames_through_untouched() -> None:
+    wire = b"".join(LengthFraming().encode(p) for p in (b"a", b"", b"bc"))
+    assert LengthFraming().take(wire) == [wire]  # the records are the wire bytes
+    assert LengthFraming().take(wire) == [frame_records([b"a", b"", b"bc"])]
+
+
+def test_line_framing_writes_records() -> None:
+    assert LineFraming().take(b"hi\r\n\nyo\n") == [frame_records([b"hi", b"", b"yo"])]
 
 
 @pytest.mark.parametrize("cls", [LengthFraming, LineFraming])
@@ -92,18 +104,24 @@ def test_take_refuses_oversized_frames(cls) -> None:  # type: ignore[no-untyped-
         cls(10).take(cls(100).encode(b"x" * 11) + b"\n")
 
 
-def test_split_refuses_torn_wire_bytes() -> None:
-    with pytest.raises(ProtocolError):
-        LengthFraming.split(b"\0\0\0\5abc")
-    with pytest.raises(ProtocolError):
-        LineFraming.split(b"no newline")
+def test_payloads_refuse_torn_records() -> None:
+    with pytest.raises(BadCode, match="runs 2 bytes past"):
+        payloads(b"\0\0\0\5abc")
+    with pytest.raises(BadCode, match="stray bytes"):
+        payloads(b"\0\0\0\1a\0\0")
 
 
 @pytest.mark.parametrize("cls", [LengthFraming, LineFraming])
-def test_cut_keeps_frames_whole(cls) -> None:  # type: ignore[no-untyped-def]
-    payloads = [b"x" * n for n in (5, 30, 1, 0, 44, 7)]
-    wire = b"".join(cls(100).encode(p) for p in payloads)
-    pieces = cls.cut(wire, 40)
-    assert b"".join(pieces) == wire
-    assert [p for piece in pieces for p in cls.split(piece)] == payloads
-    assert all(len(piece) <= 40 or len(cls.split(piece)) == 1 for piece in pieces)
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_take_cuts_bodies_between_frames(cls, bytewise: bool) -> None:  # type: ignore[no-untyped-def]
+    frames = [b"x" * n for n in (5, 30, 1, 0, 44, 7)]
+    wire = b"".join(cls(100).encode(p) for p in frames)
+    reader = cls(100)
+    if bytewise:
+        bodies = [body for i in range(len(wire)) for body in reader.take(wire[i : i + 1], 40)]
+    else:
+        bodies = reader.take(wire, 40)
+    assert [p for body in bodies for p in payloads(body)] == frames
+    assert all(len(body) <= 40 or len(payloads(body)) == 1 for body in bodies)
+    if not bytewise:
+        assert len(bodies) > 1

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from server.codes import BadCode, Kind, decode, encode
-from server.journal import MAX_ATTEMPTS, REGION_SIZE, Pace, StepJournal
-from server.ring import CodeRing, region_size
+from server import BadCode
+from server.core.codes import Kind, decode, encode
+from server.core.journal import MAX_ATTEMPTS, REGION_SIZE, Pace, StepJournal
+from server.core.ring import CodeRing, region_size
 
 
 class Crash(Exception):

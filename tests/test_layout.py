@@ -6,9 +6,8 @@ import pickle
 
 import pytest
 
-from server.errors import CorruptSegment, Detached, LayoutMismatch, SegmentFull
-from server.layout import ALIGN, HEADER_SIZE, MAX_ENTRIES, SegmentHeader
-from server.shm import SharedMemory, StartMode
+from server import CorruptSegment, Detached, LayoutMismatch, SegmentFull, SharedMemory, StartMode
+from server.core.header import ALIGN, HEADER_SIZE, MAX_ENTRIES, SegmentHeader
 
 
 def fresh(size: int = 64 * 1024) -> tuple[bytearray, SharedMemory]:

@@ -7,8 +7,8 @@ from collections import deque
 
 import pytest
 
-from server.errors import CodeTooLarge, CorruptQueue
-from server.ring import CONTROL_SIZE, RECORD_HEADER, CodeRing, region_size
+from server import CodeTooLarge, CorruptQueue
+from server.core.ring import CONTROL_SIZE, RECORD_HEADER, CodeRing, region_size
 
 
 def make(capacity: int) -> tuple[bytearray, CodeRing]:

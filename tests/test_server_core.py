@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from server.app import Conn, Dispatcher, Outbox, load_app
-from server.codes import Kind, conn_id, decode, encode
-from server.config import ConfigError, ServerConfig
-from server.conntable import ConnTable, region_size
-from server.errors import CodeTooLarge, CorruptSegment
-from server.framing import LengthFraming
-from server.journal import REGION_SIZE, StepJournal
-from server.logic import LogicStepper
-from server.ring import CodeRing
-from server.ring import region_size as ring_size
-from server.status import REGION_SIZE as STATUS_SIZE
-from server.status import Reason, Role, StatusBoard
-from server.supervisor import Backoff, HangWatch
+from server import CodeTooLarge, ConfigError, CorruptSegment
+from server.core.app import Conn, Dispatcher, Outbox, load_app
+from server.core.codes import Kind, conn_id, decode, encode
+from server.core.config import ServerConfig
+from server.core.conntable import ConnTable, region_size
+from server.core.framing import LengthFraming
+from server.core.journal import REGION_SIZE, StepJournal
+from server.core.ring import CodeRing
+from server.core.ring import region_size as ring_size
+from server.core.status import REGION_SIZE as STATUS_SIZE
+from server.core.status import Reason, Role, StatusBoard
+from server.core.stepper import LogicStepper
+from server.core.supervision import Backoff, HangWatch
 
 
 def test_connection_ids_carry_a_generation_that_survives_reloading() -> None:
@@ -183,6 +183,6 @@ def test_config_travels_as_json() -> None:
 def test_apps_are_named_clearly() -> None:
     assert load_app("echo").__name__ == "Echo"
     with pytest.raises(ConfigError, match="no attribute"):
-        load_app("server.apps:Nope")
+        load_app("server.core.apps:Nope")
     with pytest.raises(ConfigError, match="MODULE:ATTR"):
         load_app("nothing")

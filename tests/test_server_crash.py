@@ -87,7 +87,7 @@ def test_kill_9_logic_under_load_every_request_gets_exactly_one_reply(start_serv
     assert info["counters"]["replies_dropped"] == 0
     assert info["connections"] == 10
     assert load.replies == 10 * 400
-    assert "logic process (pid" in server.log() and "was killed by SIGKILL" in server.log()
+    assert "logic process (pid" in server.log() and "ended: killed by SIGKILL" in server.log()
 
 
 def test_deaths_between_publishing_and_consuming_lose_and_duplicate_nothing(start_server) -> None:  # type: ignore[no-untyped-def]

@@ -9,9 +9,15 @@ import time
 import pytest
 import sysv_ipc
 
-from server.codequeue import CodeQueue
-from server.errors import CorruptQueue, SegmentError, SegmentInUse, SegmentPermissionError
-from server.shm import SHMFactory, StartMode
+from server import (
+    CodeQueue,
+    CorruptQueue,
+    SegmentError,
+    SegmentInUse,
+    SegmentPermissionError,
+    SHMFactory,
+    StartMode,
+)
 
 SIZE = 64 * 1024
 
@@ -86,11 +92,11 @@ def test_another_size_is_refused_while_others_are_attached(key: int, procs) -> N
 
 def test_a_changed_layout_is_recreated_when_announced(key: int, caplog) -> None:  # type: ignore[no-untyped-def]
     make_ready(key)
-    layout = [CodeQueue.layout(2000, "in")]
+    layout = [("in", CodeQueue.KIND, CodeQueue.region_size(2000))]
     with caplog.at_level(logging.WARNING), SHMFactory.create_product(key, SIZE, layout) as shm:
         assert shm.start_mode is StartMode.INIT
     assert "the layout changed" in caplog.text
-    same = [CodeQueue.layout(1000, "in")]
+    same = [("in", CodeQueue.KIND, CodeQueue.region_size(1000))]
     make_ready(key)
     with SHMFactory.create_product(key, SIZE, same) as shm:
         assert shm.start_mode is StartMode.RECOVER

@@ -29,8 +29,7 @@ from typing import Any
 
 import sysv_ipc
 
-from server.codequeue import CodeQueue
-from server.shm import SHMFactory
+from server import CodeQueue, SHMFactory
 
 CAPACITY = 1 << 20
 SEGMENT = 3 << 20

@@ -43,8 +43,8 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
-from server.framing import LengthFraming
-from server.shm import SHMFactory
+from server import SHMFactory
+from server.core.framing import LengthFraming
 
 _fork = multiprocessing.get_context("fork")
 SCENARIOS = {

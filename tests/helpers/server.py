@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.__main__ import describe
-from server.shm import SHMFactory
+from server import SHMFactory
+from server.cli.inspect import describe
 
 HELPERS = Path(__file__).parent
 

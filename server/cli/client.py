@@ -12,14 +12,14 @@ import selectors
 import socket
 import sys
 
-from .errors import ServerError
+from ..errors import ServerUnreachable
 
 
 def main(host: str, port: int) -> int:
     try:
         sock = socket.create_connection((host, port), timeout=5)
     except OSError as err:
-        raise ServerError(
+        raise ServerUnreachable(
             f"cannot connect to {host}:{port}: {err.strerror or err}; is the server running "
             f"(python -m server run --app chat)?",
             host=host,

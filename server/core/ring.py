@@ -54,7 +54,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 
-from .errors import CodeTooLarge, CorruptQueue
+from ..errors import CodeTooLarge, CorruptQueue
 
 MAGIC = int.from_bytes(b"CODEQ\0\0\1", "little")
 CONTROL_SIZE = 256
@@ -225,15 +225,14 @@ class CodeRing:
     # -- producer ----------------------------------------------------------------------
     def push(self, code: bytes) -> bool:
         """Append one code; False if it does not fit now."""
-        # The hot path, written out flat with literal word indexes (8 = tail,
-        # 16 = head, 9/10/11 = pushed/pushed_prev/pushed_at): in CPython every
-        # global or attribute lookup costs as much as a store into the segment.
+        # The hot path, written out flat: in CPython every attribute lookup
+        # costs about as much as a store into the segment.
         w = self._w
         cap = self.capacity
-        tail = w[8]
-        used = tail - w[16]
+        tail = w[_TAIL]
+        used = tail - w[_HEAD]
         n = len(code)
-        need = n + 4
+        need = n + RECORD_HEADER
         if need > cap - used or used < 0:
             self._used()  # raises if the counters are corrupt
             if n > self.max_code:
@@ -242,18 +241,18 @@ class CodeRing:
         start = tail % cap
         if start + need <= cap:
             _pack_len_into(self._data, start, n)
-            self._data[start + 4 : start + need] = code
+            self._data[start + RECORD_HEADER : start + need] = code
         else:
             self._write(tail, _pack_len(n) + bytes(code))
         new_tail = tail + need
-        pushed = w[9]
-        w[10] = pushed
-        w[11] = new_tail
-        w[9] = pushed + 1
+        pushed = w[_PUSHED]
+        w[_PUSHED_PREV] = pushed
+        w[_PUSHED_AT] = new_tail
+        w[_PUSHED] = pushed + 1
         if not _TSO:
             full_fence()
-        w[8] = new_tail  # the commit: the record becomes visible
-        seq = w[24]  # sleep_seq: odd while the consumer sleeps
+        w[_TAIL] = new_tail  # the commit: the record becomes visible
+        seq = w[_SLEEPING]  # odd while the consumer sleeps
         if seq & 1 and seq != self._rung:
             self._wake(seq)
         return True
@@ -336,37 +335,36 @@ class CodeRing:
 
     def pop(self) -> bytes | None:
         """Remove and return the oldest code; None if empty."""
-        # Flat, with literal word indexes (16 = head, 8 = tail, 17/18/19 =
-        # popped/popped_prev/popped_at), like push.
+        # Flat, like push.
         w = self._w
         cap = self.capacity
-        head = w[16]
-        used = w[8] - head
+        head = w[_HEAD]
+        used = w[_TAIL] - head
         if used <= 0 or used > cap:
             if used:
                 self._used()  # raises: the counters are corrupt
             return None
         start = head % cap
-        if start + 4 <= cap:
+        if start + RECORD_HEADER <= cap:
             n: int = _unpack_len(self._data, start)[0]
-            if n > used - 4:
+            if n > used - RECORD_HEADER:
                 self._read_len(head, used)  # raises with the details
-            body = start + 4
+            body = start + RECORD_HEADER
             if body + n <= cap:
                 code = self._data[body : body + n].tobytes()
             else:
-                code = self._read(head + 4, n)
+                code = self._read(head + RECORD_HEADER, n)
         else:
             n = self._read_len(head, used)
-            code = self._read(head + 4, n)
-        new_head = head + 4 + n
-        popped = w[17]
-        w[18] = popped
-        w[19] = new_head
-        w[17] = popped + 1
+            code = self._read(head + RECORD_HEADER, n)
+        new_head = head + RECORD_HEADER + n
+        popped = w[_POPPED]
+        w[_POPPED_PREV] = popped
+        w[_POPPED_AT] = new_head
+        w[_POPPED] = popped + 1
         if not _TSO:
             full_fence()
-        w[16] = new_head  # the commit: the space becomes free
+        w[_HEAD] = new_head  # the commit: the space becomes free
         return code
 
     def pop_many(self, max_codes: int = 1 << 30, max_bytes: int = 1 << 20) -> list[bytes]:
@@ -467,12 +465,6 @@ class CodeRing:
     @property
     def sleeping(self) -> bool:
         return bool(self._w[_SLEEPING] & 1)
-
-    @property
-    def sleep_seq(self) -> int:
-        """Odd while the consumer sleeps; a new value for every sleep, so a
-        producer rings once per sleep, not once per push."""
-        return self._w[_SLEEPING]
 
     def set_sleeping(self, value: bool) -> None:
         w = self._w

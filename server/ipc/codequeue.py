@@ -1,10 +1,11 @@
 """CodeQueue: a ring of codes placed in shared memory, with a doorbell.
 
 ``CodeQueue(shm, capacity, name)`` takes the next region of ``shm`` (see
-``SharedMemory.place``).  In INIT mode it formats the region; in RECOVER mode
+``SharedMemory.place``; ``CodeQueue.place(shm, name, capacity)`` is the same,
+spelled as every placed kind spells it, see ``server.core.placed``).  In INIT mode it formats the region; in RECOVER mode
 it leaves the data alone and validates it, so the codes a crashed process
 left behind are still there.  The byte layout and the commit rule are in
-``server.ring``; this module adds the sleeping consumer.
+``server.core.ring``; this module adds the sleeping consumer.
 
 How a consumer sleeps without losing a wake-up::
 
@@ -39,10 +40,12 @@ from __future__ import annotations
 
 import select
 import time
+from typing import Any
 
+from ..core.header import StartMode
+from ..core.placed import Allocator, InSegment
+from ..core.ring import CONTROL_SIZE, CodeRing, full_fence, region_size
 from .doorbell import Doorbell, doorbell_address
-from .layout import StartMode
-from .ring import CodeRing, full_fence, region_size
 from .shm import SharedMemory
 
 __all__ = ["CodeQueue", "region_size"]
@@ -52,7 +55,7 @@ GRACE = 1e-3
 DEFAULT_SPIN = 50e-6
 
 
-class CodeQueue:
+class CodeQueue(InSegment):
     """A single-producer single-consumer queue of codes (``bytes``)."""
 
     KIND = "CodeQueue"
@@ -91,10 +94,31 @@ class CodeQueue:
         self.empty = self._ring.empty
         self.room = self._ring.room
 
-    @staticmethod
-    def layout(capacity: int, name: str = "codequeue") -> tuple[str, str, int]:
-        """The directory entry this queue takes (for ``create_product(layout=)``)."""
-        return (name, CodeQueue.KIND, region_size(capacity))
+    # -- a placed kind (server.core.placed) ----------------------------------------
+    @classmethod
+    def region_size(cls, param: int = 0) -> int:
+        return region_size(param)
+
+    @classmethod
+    def param_of(cls, size: int) -> int:
+        return size - CONTROL_SIZE
+
+    @classmethod
+    def place(
+        cls, shm: Allocator, name: str, param: int = 0, *, observer: bool = False
+    ) -> CodeQueue:
+        if not isinstance(shm, SharedMemory):
+            raise TypeError(
+                f"a CodeQueue is placed on a SharedMemory (its doorbell is named after the "
+                f"segment's key), got {shm!r}"
+            )
+        return cls(shm, param, name, check_records=not observer)
+
+    def release(self) -> None:
+        self.close()
+
+    def report(self, name: str) -> dict[str, Any]:
+        return {"queues": {name: self.stats()}}
 
     # -- producer ---------------------------------------------------------------
     def recover_producer(self) -> None:

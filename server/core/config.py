@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from .codes import HEADER_SIZE as CODE_HEADER
-from .errors import ServerError
 from .framing import DEFAULT_MAX_FRAME, FRAMINGS
 from .ring import RECORD_HEADER
 
 DEFAULT_KEY = 0x53544350  # "STCP"
 DEFAULT_PORT = 7000
-
-
-class ConfigError(ServerError, ValueError):
-    """An option has a value the server cannot run with."""
 
 
 @dataclass(frozen=True)
@@ -76,22 +71,11 @@ class ServerConfig:
             raise bad("--hang-timeout", self.hang_timeout, "seconds > 0")
         return self
 
-    def check_fd_limit(self) -> None:
-        """The connect process needs a descriptor per client; raise the soft
-        limit when the hard one allows it, otherwise say what to do."""
-        needed = self.max_conns + 64
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft >= needed or soft == resource.RLIM_INFINITY:
-            return
-        if hard == resource.RLIM_INFINITY or hard >= needed:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-            return
-        raise ConfigError(
-            f"--max-conns {self.max_conns} needs {needed} file descriptors but this shell "
-            f"allows {hard} (ulimit -n); lower --max-conns or raise the limit",
-            option="--max-conns",
-            value=self.max_conns,
-        )
+    @property
+    def fds_needed(self) -> int:
+        """File descriptors the connect process needs: one per client, and
+        some for the listener, the doorbells and the log."""
+        return self.max_conns + 64
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

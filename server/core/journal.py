@@ -45,8 +45,10 @@ Layout (u64 words; only the logic process writes)::
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-from .errors import CorruptSegment
+from ..errors import CorruptSegment
+from .placed import InSegment
 from .ring import CodeRing
 
 MAGIC = int.from_bytes(b"JOURNAL1", "little")
@@ -63,8 +65,9 @@ class Pace(enum.Enum):
     SET_ASIDE = "set_aside"  # this code crashed the process MAX_ATTEMPTS times
 
 
-class StepJournal:
+class StepJournal(InSegment):
     KIND = "StepJournal"
+    SIZE = REGION_SIZE
 
     def __init__(self, region: memoryview, *, init: bool) -> None:
         if len(region) != REGION_SIZE:
@@ -83,8 +86,17 @@ class StepJournal:
                 expected=MAGIC,
             )
 
+    @classmethod
+    def on_region(
+        cls, region: memoryview, param: int, *, init: bool, observer: bool
+    ) -> StepJournal:
+        return cls(region, init=init)
+
     def release(self) -> None:
         self._w.release()
+
+    def report(self, name: str) -> dict[str, Any]:
+        return {"set_aside": self.set_aside_count}
 
     # -- the step ---------------------------------------------------------------
     def pace(self, head: int) -> Pace:

@@ -13,7 +13,7 @@ aligned u64 store, so a reader never sees a torn value::
     8*r+11 started_at (unix ms)     supervisor
     8*r+12 last_reason (Reason)     supervisor: why the last restart happened
     8*r+13 last_detail              supervisor: exit status / signal / seconds
-    8*r+14 stopping                 supervisor: 1 while a graceful stop runs
+    8*r+14 (reserved)
        32  connections_open         connect
        33  connections_accepted     connect
        34  connections_refused      connect (the server was full)
@@ -32,7 +32,9 @@ import enum
 import time
 from typing import Any
 
-from .errors import CorruptSegment
+from ..errors import CorruptSegment
+from .placed import InSegment
+from .supervision import describe_exit
 
 MAGIC = int.from_bytes(b"STATUS01", "little")
 REGION_SIZE = 512
@@ -58,15 +60,15 @@ class Reason(enum.IntEnum):
         if self is Reason.FIRST_START:
             return "first start"
         if self is Reason.EXITED:
-            return f"exited with status {detail}"
+            return describe_exit(detail)
         if self is Reason.KILLED:
-            return f"killed by signal {detail}"
+            return describe_exit(-detail)
         if self is Reason.HUNG:
             return f"hung: no heartbeat for {detail} s, killed"
         return "started again on the segment of an earlier run (RECOVER)"
 
 
-_PID, _RESTARTS, _HEARTBEAT, _STARTED, _REASON, _DETAIL, _STOPPING = range(7)
+_PID, _RESTARTS, _HEARTBEAT, _STARTED, _REASON, _DETAIL = range(6)
 COUNTERS = (
     "connections_open",
     "connections_accepted",
@@ -83,8 +85,9 @@ def _role_word(role: Role, field: int) -> int:
     return 8 + 8 * role + field
 
 
-class StatusBoard:
+class StatusBoard(InSegment):
     KIND = KIND
+    SIZE = REGION_SIZE
 
     def __init__(self, region: memoryview, *, init: bool) -> None:
         if len(region) != REGION_SIZE:
@@ -105,6 +108,12 @@ class StatusBoard:
         # name -> word index, for the hot counters
         self._counter = {name: _COUNTER_BASE + i for i, name in enumerate(COUNTERS)}
 
+    @classmethod
+    def on_region(
+        cls, region: memoryview, param: int, *, init: bool, observer: bool
+    ) -> StatusBoard:
+        return cls(region, init=init)
+
     def release(self) -> None:
         self._w.release()
 
@@ -120,12 +129,6 @@ class StatusBoard:
 
     def stopped(self, role: Role) -> None:
         self._w[_role_word(role, _PID)] = 0
-
-    def set_stopping(self, role: Role, value: bool) -> None:
-        self._w[_role_word(role, _STOPPING)] = int(value)
-
-    def stopping(self, role: Role) -> bool:
-        return self._w[_role_word(role, _STOPPING)] == 1
 
     # -- workers ------------------------------------------------------------------
     def heartbeat_word(self, role: Role) -> tuple[memoryview, int]:
@@ -151,6 +154,9 @@ class StatusBoard:
         return self._w[self._counter[counter]]
 
     # -- inspector ------------------------------------------------------------------
+    def report(self, name: str) -> dict[str, Any]:
+        return self.describe()
+
     def describe(self) -> dict[str, Any]:
         w = self._w
         processes: dict[str, Any] = {}

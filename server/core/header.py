@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .errors import CorruptSegment, LayoutMismatch, SegmentFull
+from ..errors import CorruptSegment, LayoutMismatch, SegmentFull
 
 MAGIC = int.from_bytes(b"STCPSHM\0", "little")
 LAYOUT_VERSION = 1

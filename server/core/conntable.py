@@ -16,8 +16,11 @@ table refuse to load (``CorruptSegment``) rather than hand out odd ids.
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..errors import CorruptSegment
 from .codes import conn_id, generation_of, slot_of
-from .errors import CorruptSegment
+from .placed import InSegment
 
 KIND = "ConnTable"
 MAX_GENERATION = (1 << 31) - 1
@@ -27,8 +30,23 @@ def region_size(max_conns: int) -> int:
     return 8 * max_conns
 
 
-class ConnTable:
+class ConnTable(InSegment):
     KIND = KIND
+
+    @classmethod
+    def region_size(cls, param: int = 0) -> int:
+        return region_size(param)
+
+    @classmethod
+    def param_of(cls, size: int) -> int:
+        return size // 8
+
+    @classmethod
+    def on_region(cls, region: memoryview, param: int, *, init: bool, observer: bool) -> ConnTable:
+        return cls(region, param, init=init)
+
+    def report(self, name: str) -> dict[str, Any]:
+        return {"connections": self.count_open()}
 
     def __init__(self, region: memoryview, max_conns: int, *, init: bool) -> None:
         if max_conns < 1 or len(region) != region_size(max_conns):

@@ -17,11 +17,7 @@ from __future__ import annotations
 import os
 import socket
 
-from .errors import ServerError
-
-
-class DoorbellInUse(ServerError, OSError):
-    """Another live consumer already listens on this doorbell."""
+from ..errors import DoorbellInUse
 
 
 def doorbell_address(key: int | None, name: str) -> bytes:

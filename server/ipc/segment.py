@@ -11,34 +11,52 @@ header records it, and RECOVER checks it)::
     status    StatusBoard  512                        supervisor, workers
     conns     ConnTable    8 * max_conns              connect
 
+Every kind is placed the same way (``server.core.placed``): ``objects(cfg)``
+lists (name, kind, parameter), and both the layout that ``create_product``
+checks and the placing itself are read off that one list.  ``KINDS`` maps a
+directory kind back to its class, for the inspector.
+
 The supervisor makes the segment (INIT or RECOVER, see ``SHMFactory``); the
 workers attach to it and validate what they find.
 """
 
 from __future__ import annotations
 
+from ..core.config import ServerConfig
+from ..core.conntable import ConnTable
+from ..core.header import HEADER_SIZE, StartMode, align_up
+from ..core.journal import StepJournal
+from ..core.placed import InSegment
+from ..core.status import StatusBoard
 from .codequeue import CodeQueue
-from .config import ServerConfig
-from .conntable import ConnTable
-from .conntable import region_size as conns_size
-from .journal import REGION_SIZE as JOURNAL_SIZE
-from .journal import StepJournal
-from .layout import HEADER_SIZE, StartMode, align_up
 from .shm import SharedMemory, SHMFactory
-from .status import REGION_SIZE as STATUS_SIZE
-from .status import StatusBoard
 
 Layout = list[tuple[str, str, int]]
+Objects = list[tuple[str, type[InSegment], int]]
+
+KINDS: dict[str, type[InSegment]] = {
+    cls.KIND: cls for cls in (CodeQueue, StepJournal, StatusBoard, ConnTable)
+}
+
+
+def objects(cfg: ServerConfig) -> Objects:
+    """(name, kind, parameter) of every object of a server segment, in order."""
+    return [
+        ("inbound", CodeQueue, cfg.queue_bytes),
+        ("outbound", CodeQueue, cfg.queue_bytes),
+        ("journal", StepJournal, 0),
+        ("status", StatusBoard, 0),
+        ("conns", ConnTable, cfg.max_conns),
+    ]
+
+
+def layout_of(objs: Objects) -> Layout:
+    """The directory entries (name, kind, size) that ``objs`` take."""
+    return [(name, cls.KIND, cls.region_size(param)) for name, cls, param in objs]
 
 
 def server_layout(cfg: ServerConfig) -> Layout:
-    return [
-        CodeQueue.layout(cfg.queue_bytes, "inbound"),
-        CodeQueue.layout(cfg.queue_bytes, "outbound"),
-        ("journal", StepJournal.KIND, JOURNAL_SIZE),
-        ("status", StatusBoard.KIND, STATUS_SIZE),
-        ("conns", ConnTable.KIND, conns_size(cfg.max_conns)),
-    ]
+    return layout_of(objects(cfg))
 
 
 def segment_size(layout: Layout) -> int:
@@ -48,21 +66,17 @@ def segment_size(layout: Layout) -> int:
 class ServerSegment:
     """The objects of one server segment, placed (INIT) or found (RECOVER)."""
 
+    inbound: CodeQueue
+    outbound: CodeQueue
+    journal: StepJournal
+    status: StatusBoard
+    conns: ConnTable
+
     def __init__(self, shm: SharedMemory, cfg: ServerConfig) -> None:
         self.shm = shm
-        init = shm.start_mode is StartMode.INIT
         try:
-            self.inbound = CodeQueue(shm, cfg.queue_bytes, "inbound")
-            self.outbound = CodeQueue(shm, cfg.queue_bytes, "outbound")
-            self.journal = StepJournal(
-                shm.place("journal", StepJournal.KIND, JOURNAL_SIZE), init=init
-            )
-            shm.on_detach(self.journal.release)
-            self.status = StatusBoard(shm.place("status", StatusBoard.KIND, STATUS_SIZE), init=init)
-            shm.on_detach(self.status.release)
-            region = shm.place("conns", ConnTable.KIND, conns_size(cfg.max_conns))
-            self.conns = ConnTable(region, cfg.max_conns, init=init)
-            shm.on_detach(self.conns.release)
+            for name, cls, param in objects(cfg):
+                setattr(self, name, cls.place(shm, name, param))
             shm.mark_ready()
         except BaseException:
             shm.detach()

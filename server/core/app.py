@@ -28,18 +28,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import BadCode, CodeTooLarge, ConfigError
 from .codes import HEADER_SIZE as CODE_HEADER
-from .codes import NO_CONN, BadCode, Kind, decode, encode
-from .config import ConfigError
-from .errors import CodeTooLarge, ProtocolError
-from .framing import LengthFraming
+from .codes import NO_CONN, Kind, decode, encode, head_of, payloads
 from .ring import RECORD_HEADER
 
 log = logging.getLogger("server.app")
 _SEND_OVERHEAD = CODE_HEADER + RECORD_HEADER
 _MESSAGE = Kind.MESSAGE.value
 
-BUILTIN_APPS = {"echo": "server.apps:Echo", "chat": "server.apps:Chat"}
+BUILTIN_APPS = {"echo": "server.core.apps:Echo", "chat": "server.core.apps:Chat"}
 
 
 def _as_is(payload: bytes) -> bytes:
@@ -149,12 +147,9 @@ class Conn:
 class Dispatcher:
     """Turns inbound codes into app calls; the app's replies go to ``outbox``."""
 
-    def __init__(
-        self, app: Any, outbox: Outbox, split: Callable[[bytes], list[bytes]] | None = None
-    ) -> None:
+    def __init__(self, app: Any, outbox: Outbox) -> None:
         self.app = app
         self.outbox = outbox
-        self.split = split or LengthFraming.split  # MESSAGE bodies -> payloads
         self.conns: dict[int, Conn] = {}
         self.errors = 0
         self._on_open = getattr(app, "on_open", None)
@@ -168,20 +163,20 @@ class Dispatcher:
         return c
 
     def handle(self, raw: bytes) -> None:
-        if raw[0] == _MESSAGE and len(raw) >= CODE_HEADER:  # the hot path, flat
-            conn = int.from_bytes(raw[1:CODE_HEADER], "little")
+        kind, conn = head_of(raw) if len(raw) >= CODE_HEADER else (0, 0)
+        if kind == _MESSAGE:  # the hot path, flat
             c = self.conns.get(conn)
             if c is None:
                 c = self._conn(conn)
             try:
-                payloads = self.split(raw[CODE_HEADER:])
-            except ProtocolError as err:
+                frames = payloads(raw[CODE_HEADER:])
+            except BadCode as err:
                 self.errors += 1
                 log.error("skipping a bad MESSAGE code from connection %#x: %s", conn, err)
                 return
             on_message = self._on_message
             if on_message is not None:
-                for payload in payloads:
+                for payload in frames:
                     try:
                         on_message(c, payload)
                     except Exception:
@@ -189,11 +184,12 @@ class Dispatcher:
                         log.exception("the app raised handling a message from connection %#x", conn)
             return
         try:
-            kind, conn, body = decode(raw)
+            code = decode(raw)
         except BadCode as err:
             self.errors += 1
             log.error("skipping a bad inbound code: %s", err)
             return
+        kind, body = code.kind, code.body
         try:
             if kind is Kind.OPENED:
                 c = self._conn(conn, body.decode(errors="replace"))

@@ -16,7 +16,8 @@
    process once it has consumed every inbound code.  The segment stays, so
    the next ``run`` recovers.  A second signal stops at once.
 
-The decisions (back-off, hang detection) are pure classes at the top.
+The decisions (back-off, hang detection, the phases of a stop) are pure, in
+``server.core.supervision``; this module observes the workers and acts.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -33,51 +35,20 @@ import sys
 import time
 from typing import Any
 
-from .config import ServerConfig
-from .errors import SegmentInUse
-from .layout import StartMode
-from .segment import ServerSegment
-from .shm import SHMFactory
-from .status import Reason, Role, StatusBoard
+from ..core.config import ServerConfig
+from ..core.header import StartMode
+from ..core.status import Reason, Role, StatusBoard
+from ..core.supervision import Backoff, HangWatch, StopEvent, StopPhase, next_phase
+from ..errors import CannotListen, ConfigError, SegmentInUse
+from ..ipc.segment import ServerSegment
+from ..ipc.shm import SHMFactory
+from .common import exit_text
 
 log = logging.getLogger("server.supervisor")
 
 CHECK_INTERVAL = 0.25
+_STOPPING = (StopPhase.STOPPING_CONNECT, StopPhase.STOPPING_LOGIC)
 STOP_TIMEOUT = 10.0  # per worker, then SIGKILL
-
-
-class Backoff:
-    """Restart delays: ``first`` doubling up to ``most`` while a worker keeps
-    dying soon after its start; back to ``first`` once one lived ``stable`` s."""
-
-    def __init__(self, first: float = 0.1, most: float = 5.0, stable: float = 10.0) -> None:
-        self.first, self.most, self.stable = first, most, stable
-        self.delay = 0.0
-
-    def next_delay(self, lived: float) -> float:
-        if lived >= self.stable or not self.delay:
-            self.delay = self.first
-        else:
-            self.delay = min(self.most, self.delay * 2)
-        return self.delay
-
-
-class HangWatch:
-    """A worker is hung when its heartbeat has not moved for ``timeout`` s."""
-
-    def __init__(self, timeout: float, now: float) -> None:
-        self.timeout = timeout
-        self.last_beat: int | None = None
-        self.since = now
-
-    def stalled_for(self, beat: int, now: float) -> float:
-        if beat != self.last_beat:
-            self.last_beat = beat
-            self.since = now
-        return now - self.since
-
-    def hung(self, beat: int, now: float) -> bool:
-        return self.stalled_for(beat, now) >= self.timeout
 
 
 @dataclasses.dataclass
@@ -99,21 +70,35 @@ class Worker:
 
 
 def exit_reason(returncode: int) -> tuple[Reason, int, str]:
+    """How a worker ended: the Reason and detail for the status board, and words for the log."""
     if returncode < 0:
-        sig = -returncode
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        return Reason.KILLED, sig, f"was killed by {name}"
-    return Reason.EXITED, returncode, f"exited with status {returncode}"
+        return Reason.KILLED, -returncode, exit_text(returncode)
+    return Reason.EXITED, returncode, exit_text(returncode)
+
+
+def raise_fd_limit(cfg: ServerConfig) -> None:
+    """The connect process needs a descriptor per client; raise the soft
+    limit when the hard one allows it, otherwise say what to do."""
+    needed = cfg.fds_needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed or soft == resource.RLIM_INFINITY:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        return
+    raise ConfigError(
+        f"--max-conns {cfg.max_conns} needs {needed} file descriptors but this shell "
+        f"allows {hard} (ulimit -n); lower --max-conns or raise the limit",
+        option="--max-conns",
+        value=cfg.max_conns,
+    )
 
 
 class Supervisor:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.workers = {r: Worker(r) for r in (Role.LOGIC, Role.CONNECT)}
-        self.stop_phase = 0  # 0 running, 1 stopping connect, 2 stopping logic, 3 done
+        self.stop_phase = StopPhase.RUNNING
         self.stop_signals = 0
         self.phase_deadline = 0.0
 
@@ -124,7 +109,7 @@ class Supervisor:
         try:
             self.listener = socket.create_server((cfg.host, cfg.port), backlog=1024)
         except OSError as err:
-            raise SegmentInUse(
+            raise CannotListen(
                 f"cannot listen on {cfg.host}:{cfg.port}: {err.strerror or err}; "
                 f"is another server using the port? pick another with --port (0: any free one)",
                 host=cfg.host,
@@ -138,8 +123,6 @@ class Supervisor:
         self.status.started(
             Role.SUPERVISOR, os.getpid(), Reason.RECOVERED if recovered else Reason.FIRST_START
         )
-        for role in (Role.CONNECT, Role.LOGIC):
-            self.status.set_stopping(role, False)
         inbound = self.seg.inbound.stats()
         if recovered:
             log.info(
@@ -202,7 +185,7 @@ class Supervisor:
             for w in self.workers.values():
                 self.spawn(w, now)
             print(f"listening on {self.address[0]}:{self.address[1]}", flush=True)
-            while self.stop_phase < 3:
+            while self.stop_phase is not StopPhase.DONE:
                 select.select([wake_r], [], [], CHECK_INTERVAL)  # signals write to wake_w
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):
@@ -222,35 +205,42 @@ class Supervisor:
 
     def check(self, now: float) -> None:
         self.beat[self.beat_index] += 1
-        if self.stop_signals and self.stop_phase == 0:
+        if self.stop_signals and self.stop_phase is StopPhase.RUNNING:
             log.info("stop requested: stopping the connect process first")
-            self.stop_phase = 1
-            self.begin_stop(self.workers[Role.CONNECT], now)
-        elif self.stop_signals > 1 and self.stop_phase < 3:
+            self.advance(StopEvent.STOP_REQUESTED, now)
+        elif self.stop_signals > 1 and self.stop_phase is not StopPhase.DONE:
             log.warning("second stop request: killing the workers now")
-            for w in self.workers.values():
-                self.kill(w)
-                w.restart_at = None
-            self.stop_phase = 3
+            self.advance(StopEvent.SECOND_REQUEST, now)
             return
         for w in self.workers.values():
             self.check_worker(w, now)
-        if self.stop_phase == 1 and self.workers[Role.CONNECT].proc is None:
+        connect, logic = self.workers[Role.CONNECT], self.workers[Role.LOGIC]
+        if self.stop_phase is StopPhase.STOPPING_CONNECT and connect.proc is None:
             log.info("connect process stopped; stopping the logic process once its queue is empty")
-            self.stop_phase = 2
-            self.begin_stop(self.workers[Role.LOGIC], now)
-        elif self.stop_phase == 2 and self.workers[Role.LOGIC].proc is None:
-            self.stop_phase = 3
-        elif self.stop_phase in (1, 2) and now > self.phase_deadline:
-            w = self.workers[Role.CONNECT if self.stop_phase == 1 else Role.LOGIC]
+            self.advance(StopEvent.CONNECT_EXITED, now)
+        elif self.stop_phase is StopPhase.STOPPING_LOGIC and logic.proc is None:
+            self.advance(StopEvent.LOGIC_EXITED, now)
+        elif self.stop_phase in _STOPPING and now > self.phase_deadline:
+            w = connect if self.stop_phase is StopPhase.STOPPING_CONNECT else logic
             log.warning("the %s process did not stop in %.0f s: killing it", w.name, STOP_TIMEOUT)
             self.kill(w)
+
+    def advance(self, event: StopEvent, now: float) -> None:
+        """Move the stop to its next phase and do what entering it means."""
+        self.stop_phase = next_phase(self.stop_phase, event)
+        if self.stop_phase is StopPhase.STOPPING_CONNECT:
+            self.begin_stop(self.workers[Role.CONNECT], now)
+        elif self.stop_phase is StopPhase.STOPPING_LOGIC:
+            self.begin_stop(self.workers[Role.LOGIC], now)
+        elif self.stop_phase is StopPhase.DONE and event is StopEvent.SECOND_REQUEST:
+            for w in self.workers.values():
+                self.kill(w)
+                w.restart_at = None
 
     def begin_stop(self, w: Worker, now: float) -> None:
         w.restart_at = None
         w.stop_requested = True
         self.phase_deadline = now + STOP_TIMEOUT
-        self.status.set_stopping(w.role, True)
         if w.proc is not None:
             w.proc.send_signal(signal.SIGTERM)
 
@@ -279,19 +269,21 @@ class Supervisor:
         w.proc = None
         self.status.stopped(w.role)
         if w.hung:
-            reason, detail, text = Reason.HUNG, int(self.cfg.hang_timeout), "was hung and killed"
+            reason, detail, text = Reason.HUNG, int(self.cfg.hang_timeout), "hung, and killed"
         else:
             reason, detail, text = exit_reason(code)
-        if w.stop_requested or self.stop_phase == 3:
+        if w.stop_requested or self.stop_phase is StopPhase.DONE:
             if code == 0:
                 log.info("the %s process (pid %d) stopped", w.name, pid)
             else:
-                log.warning("the %s process (pid %d) %s while stopping", w.name, pid, text)
+                log.warning("the %s process (pid %d) ended while stopping: %s", w.name, pid, text)
             return
         w.reason, w.detail = reason, detail
         delay = w.backoff.next_delay(now - w.started_at)
         w.restart_at = now + delay
-        log.warning("the %s process (pid %d) %s; restarting it in %.1f s", w.name, pid, text, delay)
+        log.warning(
+            "the %s process (pid %d) ended: %s; restarting it in %.1f s", w.name, pid, text, delay
+        )
 
     def kill(self, w: Worker) -> None:
         if w.proc is not None and w.proc.poll() is None:

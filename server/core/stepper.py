@@ -1,4 +1,4 @@
-"""The logic process: inbound codes -> the app -> outbound codes, exactly once.
+"""The logic process's step: inbound codes -> the app -> outbound codes, exactly once.
 
 ``LogicStepper`` is the pure core: it works on two ``CodeRing``s and a
 ``StepJournal`` (plain bytearrays in the tests, the segment in the server).
@@ -23,31 +23,25 @@ the codes are consumed without running them again).  The app's replies to
 one step are capped at the outbound queue's capacity, so they always fit
 in one go.
 
-``main`` is the thin shell: attach, recover, then loop ``step()``, sleeping
+The process shell (``server.proc.logic``) only loops ``step()`` and sleeps
 on the inbound doorbell when there is nothing to do.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import time
+from collections.abc import Callable
 from typing import Any
 
-from .app import Dispatcher, Outbox, load_app
-from .config import ServerConfig
-from .framing import Framing, LengthFraming, make_framing
+from .app import Dispatcher, Outbox
+from .framing import Framing, LengthFraming
 from .journal import Pace, StepJournal
 from .ring import RECORD_HEADER, CodeRing
-from .segment import ServerSegment
-from .status import Role
 
 log = logging.getLogger("server.logic")
 
 BATCH_CODES = 512
 BATCH_BYTES = 256 * 1024
-TICK = 0.5  # longest sleep: the heartbeat moves at least this often
 
 
 class LogicStepper:
@@ -63,20 +57,20 @@ class LogicStepper:
         journal: StepJournal,
         app: Any,
         framing: Framing | None = None,
-        crash_at_step: int = 0,
+        after_publish: Callable[[int], None] | None = None,
     ) -> None:
         self.inbound = inbound
         self.outbound = outbound
         self.journal = journal
         framing = framing or LengthFraming()
         self.outbox = Outbox(limit=outbound.capacity, encode_frame=framing.encode)
-        self.dispatcher = Dispatcher(app, self.outbox, framing.split)
+        self.dispatcher = Dispatcher(app, self.outbox)
         self.soft_limit = outbound.capacity // 4
         self.held: tuple[list[bytes], int, int, int] | None = None  # codes, size, H, n
         self.set_aside = 0
-        # Fault injection for the crash tests: die by SIGKILL right after
-        # publishing step number N (0: never), before consuming its codes.
-        self.crash_at_step = crash_at_step
+        # Called with the step number between publishing a step's replies
+        # and consuming its codes: the process shell's fault injection.
+        self.after_publish = after_publish
         self.steps = 0
 
     def recover(self) -> int:
@@ -136,74 +130,9 @@ class LogicStepper:
         if pushed != len(replies):  # cannot happen: the room was checked
             raise RuntimeError(f"published {pushed} of {len(replies)} replies")
         self.steps += 1
-        if self.steps == self.crash_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.after_publish is not None:
+            self.after_publish(self.steps)
         self.inbound.commit_head(in_head, n)
         self.journal.succeeded(in_head)
         self.held = None
         return n
-
-
-class _Stop:
-    requested = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-
-def main(cfg: ServerConfig) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
-    stop = _Stop()
-    signal.signal(signal.SIGTERM, stop)
-    app = load_app(cfg.app)()
-    seg = ServerSegment.attach(cfg)
-    try:
-        return _run(seg, app, stop, make_framing(cfg.framing, cfg.max_frame))
-    finally:
-        seg.detach()
-
-
-def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing) -> int:
-    inbound, outbound, status = seg.inbound, seg.outbound, seg.status
-    crash_at_step = int(os.environ.get("STCP_CRASH_AFTER_PUBLISHING_STEP") or 0)  # tests only
-    stepper = LogicStepper(inbound.ring, outbound.ring, seg.journal, app, framing, crash_at_step)
-    finished = stepper.recover()
-    inbound.recover_consumer()
-    outbound.recover_producer()
-    log.info(
-        "started: %d codes pending inbound, %d processed so far%s",
-        len(inbound),
-        inbound.stats()["popped"],
-        f"; finished the step a crashed process had published ({finished} codes)"
-        if finished
-        else "",
-    )
-    hb, hbi = status.heartbeat_word(Role.LOGIC)
-    parent = os.getppid()
-    errors_reported = 0
-    backoff = 0.0
-    while True:
-        hb[hbi] += 1
-        done = stepper.step()
-        errors = stepper.dispatcher.errors
-        if errors != errors_reported:
-            status.add("app_errors", errors - errors_reported)
-            errors_reported = errors
-        if done > 0:
-            backoff = 0.0
-            continue
-        if done == LogicStepper.BLOCKED:
-            if stop.requested:  # nobody is left to drain the outbound queue
-                log.warning("stopping with replies waiting for room; the next start redoes them")
-                break
-            backoff = min(0.02, backoff * 2 or 0.0005)
-            time.sleep(backoff)  # replies wait for the connect process to drain
-            continue
-        if stop.requested:
-            break
-        if os.getppid() != parent:
-            log.warning("the supervisor is gone; stopping")
-            break
-        inbound.wait(timeout=TICK)
-    log.info("stopped: %d codes processed in all", inbound.stats()["popped"])
-    return 0

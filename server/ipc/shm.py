@@ -23,7 +23,7 @@ can write the segment can inject codes.
 overridden ``operator new``: ``place(name, kind, size)`` hands out the next
 region of the segment, in order.  In INIT mode the region is new and the
 caller initialises it; in RECOVER mode the placement must match the
-directory entry recorded at INIT (see ``server.layout``) and the caller only
+directory entry recorded at INIT (see ``server.core.header``) and the caller only
 validates what is there.  The owner calls ``mark_ready()`` once everything
 is placed: in INIT that sets the header's ready flag, *last*; in RECOVER it
 checks that no recorded object was left out.
@@ -42,7 +42,8 @@ from typing import Any
 
 import sysv_ipc
 
-from .errors import (
+from ..core.header import HEADER_SIZE, Placement, SegmentHeader, StartMode
+from ..errors import (
     CorruptSegment,
     Detached,
     LayoutMismatch,
@@ -50,7 +51,6 @@ from .errors import (
     SegmentInUse,
     SegmentPermissionError,
 )
-from .layout import HEADER_SIZE, Placement, SegmentHeader, StartMode
 
 __all__ = ["SHMFactory", "SharedMemory", "StartMode", "MODE"]
 

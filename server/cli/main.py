@@ -1,0 +1,257 @@
+"""Command line: ``python -m server run | client | inspect | clean | demo``.
+
+Examples:
+    python -m server run --app chat       # a chat room on 127.0.0.1:7000
+    python -m server client               # talk to it (or: nc 127.0.0.1 7000)
+    python -m server inspect --json       # processes, queues, restarts
+    python -m server clean                # remove the segment (server stopped)
+    python -m server demo                 # codes survive a kill -9, step by step
+
+Exit codes: 0 success, 1 an error (printed as ``Error: ...``), 2 bad usage,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from ..core.app import load_app
+from ..core.config import DEFAULT_KEY, DEFAULT_PORT, ServerConfig
+from ..errors import ConfigError, SegmentInUse, ServerError
+from ..ipc.shm import SHMFactory
+from ..proc import connect, logic
+from ..proc.supervisor import Supervisor, raise_fd_limit
+from . import client
+from .demo import run_demo
+from .inspect import describe, format_status
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def parse_key(text: str) -> int:
+    try:
+        key = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a key is a number like 0x53544350, not {text!r}"
+        ) from None
+    if not 0 < key < 1 << 31:
+        raise argparse.ArgumentTypeError(f"a key must be between 1 and 2**31-1, got {text!r}")
+    return key
+
+
+# -- inspect, clean ---------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with SHMFactory.attach(args.key) as shm:
+        info = describe(shm)
+    print(json.dumps(info, indent=2) if args.json else format_status(info))
+    return EXIT_OK
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    try:
+        removed = SHMFactory.remove(args.key)
+    except SegmentInUse as err:
+        attached = err.attached
+        raise SegmentInUse(
+            f"segment 0x{args.key:08x} is still attached by {attached} process(es): is the "
+            f"server running? stop it first (Ctrl-C, or kill the supervisor pid that "
+            f"`inspect` shows)",
+            key=args.key,
+            attached=attached,
+        ) from None
+    if removed:
+        print(f"removed segment 0x{args.key:08x}")
+    else:
+        print(f"no segment 0x{args.key:08x}: nothing to do")
+    return EXIT_OK
+
+
+# -- run, worker, client ---------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if os.getcwd() not in sys.path:  # --app MODULE:ATTR from the current directory
+        sys.path.insert(0, os.getcwd())
+    app = load_app(args.app)
+    cfg = ServerConfig(
+        app=args.app,
+        host=args.host,
+        port=args.port,
+        key=args.key,
+        framing=args.framing or getattr(app, "framing", "length"),
+        max_frame=args.max_frame,
+        max_conns=args.max_conns,
+        queue_bytes=args.queue_bytes,
+        idle_timeout=args.idle_timeout,
+        out_buffer=args.out_buffer,
+        send_timeout=args.send_timeout,
+        hang_timeout=args.hang_timeout,
+        full_message=getattr(app, "full_message", ServerConfig.full_message),
+    ).validate()
+    raise_fd_limit(cfg)
+    return Supervisor(cfg).run()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.from_json(args.config)
+    if args.role == "connect":
+        if args.listen_fd is None:
+            raise ConfigError(
+                "the connect worker needs --listen-fd (it is started by `run`, not by hand)",
+                option="--listen-fd",
+            )
+        return connect.main(cfg, args.listen_fd)
+    return logic.main(cfg)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    return client.main(args.host, args.port)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return EXIT_OK if run_demo(args.key, args.codes) else EXIT_ERROR
+
+
+# -- main -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="A TCP server framework whose work survives kill -9.",
+        epilog=__doc__[__doc__.index("Examples:") :],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="show pending codes surviving kill -9")
+    demo.add_argument("--key", type=parse_key, help="segment key (default: a random one)")
+    demo.add_argument(
+        "--codes", type=int, default=1000, help="codes to leave pending (default 1000)"
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    inspect = sub.add_parser("inspect", help="show what is in a segment, without changing it")
+    inspect.add_argument("--key", type=parse_key, default=DEFAULT_KEY)
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=cmd_inspect)
+
+    run = sub.add_parser(
+        "run",
+        help="run the server (supervisor, connect and logic processes)",
+        description="Run the server. Ctrl-C stops it gracefully; the segment stays, so the "
+        "next run recovers whatever was pending.",
+    )
+    defaults = ServerConfig()
+    run.add_argument("--app", default="echo", help="echo, chat or MODULE:ATTR (default echo)")
+    run.add_argument(
+        "--host", default=defaults.host, help="address to listen on (default %(default)s)"
+    )
+    run.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="TCP port; 0 picks a free one (default %(default)s)",
+    )
+    run.add_argument(
+        "--key", type=parse_key, default=DEFAULT_KEY, help="segment key (default 0x53544350)"
+    )
+    run.add_argument(
+        "--framing", choices=["length", "line"], help="default: the app's (echo length, chat line)"
+    )
+    run.add_argument(
+        "--max-frame",
+        type=int,
+        default=defaults.max_frame,
+        help="largest frame in bytes; a larger one closes that connection (default %(default)s)",
+    )
+    run.add_argument(
+        "--max-conns",
+        type=int,
+        default=defaults.max_conns,
+        help="clients at once (default %(default)s)",
+    )
+    run.add_argument(
+        "--queue-bytes",
+        type=int,
+        default=defaults.queue_bytes,
+        help="capacity of each code queue (default %(default)s)",
+    )
+    run.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        help="close a client silent this many seconds; 0 never (default %(default)s)",
+    )
+    run.add_argument(
+        "--out-buffer",
+        type=int,
+        default=defaults.out_buffer,
+        help="unread reply bytes before reading from a client pauses (default %(default)s)",
+    )
+    run.add_argument(
+        "--send-timeout",
+        type=float,
+        default=defaults.send_timeout,
+        help="close a client that takes no reply bytes for this long (default %(default)s)",
+    )
+    run.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=defaults.hang_timeout,
+        help="restart a worker without heartbeat for this long (default %(default)s)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    worker = sub.add_parser("worker")  # started by `run`, not by people
+    worker.add_argument("role", choices=["connect", "logic"])
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--listen-fd", type=int)
+    worker.set_defaults(func=cmd_worker)
+
+    cli = sub.add_parser("client", help="a small interactive line client (for the chat app)")
+    cli.add_argument("--host", default="127.0.0.1")
+    cli.add_argument("--port", type=int, default=DEFAULT_PORT)
+    cli.set_defaults(func=cmd_client)
+
+    clean = sub.add_parser("clean", help="remove a segment (refused while in use)")
+    clean.add_argument("--key", type=parse_key, default=DEFAULT_KEY)
+    clean.set_defaults(func=cmd_clean)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    role = {"run": "supervisor", "worker": getattr(args, "role", "")}.get(
+        args.command, args.command
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"%(asctime)s {role}[{os.getpid()}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+        return code
+    except ServerError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``inspect | head``): not an error of ours.
+        # Point stdout at /dev/null so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Wire framing: turning a TCP byte stream into frames and back (sans I/O).
+
+Two framings, both with a maximum frame size that protects the server:
+
+* ``length``: a 4-byte big-endian length, then that many payload bytes.  A
+  header announcing more than ``max_frame`` is refused at once, before the
+  payload arrives (nobody gets to make us buffer it).
+* ``line``: payload bytes up to ``\\n``; one ``\\r`` before it is dropped, so
+  ``nc`` and ``telnet`` work.  A line that grows past ``max_frame`` without
+  a newline is refused.
+
+A framer is fed whatever ``recv`` returned, in pieces of any size; the rest
+of an incomplete frame waits in its buffer.  It never touches a socket.
+
+The stream is parsed here once.  ``take`` returns the complete frames as
+MESSAGE bodies (frame records, see ``server.core.codes``), cut between
+frames so that no body is longer than ``limit`` unless one frame alone is;
+for the length framing the records are the wire bytes themselves, so a read
+of whole frames passes through without a copy.  ``feed`` returns the
+payloads, for code that wants frames one by one (the tutorial, the tests).
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError, FrameTooLarge
+from .codes import FRAME_HEADER, pack_frame_header, payloads, unpack_frame_header
+
+DEFAULT_MAX_FRAME = 64 * 1024
+NO_LIMIT = 1 << 62
+_unpack_length = unpack_frame_header  # the length framing's header is a frame record's
+
+
+class _Framer:
+    """What both framings share: the limit, the buffer of an incomplete
+    frame, and ``feed``."""
+
+    name = ""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if not 0 <= max_frame < 1 << 32:
+            raise ValueError(f"max_frame must be 0..2**32-1, got {max_frame!r}")
+        self.max_frame = max_frame
+        self._buf = b""
+
+    def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
+        """The frames ``data`` completes, as MESSAGE bodies of at most
+        ``limit`` bytes each (a single larger frame stays whole).  Raises
+        ``FrameTooLarge``."""
+        raise NotImplementedError
+
+    def encode(self, payload: bytes) -> bytes:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The payloads of the frames ``data`` completes.  Raises ``FrameTooLarge``."""
+        return [p for body in self.take(data) for p in payloads(body)]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame waiting for more input."""
+        return len(self._buf)
+
+
+class LengthFraming(_Framer):
+    name = "length"
+
+    def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
+        buf = self._buf + data if self._buf else bytes(data)
+        unpack = _unpack_length
+        most = self.max_frame
+        bodies: list[bytes] = []
+        start = i = 0
+        end = len(buf)
+        while end - i >= FRAME_HEADER:
+            n = unpack(buf, i)[0]
+            if n > most:
+                raise FrameTooLarge(
+                    f"frame of {n} bytes announced, the limit is {most}", size=n, limit=most
+                )
+            j = i + FRAME_HEADER + n
+            if j > end:
+                break
+            if j - start > limit and i > start:  # the body is full: cut before this frame
+                bodies.append(buf[start:i])
+                start = i
+            i = j
+        if i == end:
+            self._buf = b""
+            if start == 0 and end:
+                return [buf]  # the usual case: whole frames, no copy
+        else:
+            self._buf = buf[i:]
+        if i > start:
+            bodies.append(buf[start:i])
+        return bodies
+
+    def encode(self, payload: bytes) -> bytes:
+        return pack_frame_header(len(payload)) + payload
+
+
+class LineFraming(_Framer):
+    name = "line"
+
+    def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
+        buf = self._buf + data if self._buf else bytes(data)
+        most = self.max_frame
+        last = buf.rfind(b"\n")
+        rest = buf[last + 1 :]
+        if len(rest) > most + 1:  # one more byte may be the \r of a line at the limit
+            raise FrameTooLarge(
+                f"line longer than {most} bytes without a newline", size=len(rest), limit=most
+            )
+        self._buf = rest
+        if last < 0:
+            return []
+        bodies: list[bytes] = []
+        parts: list[bytes] = []
+        size = 0
+        for line in buf[:last].split(b"\n"):
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            n = len(line)
+            if n > most:
+                raise FrameTooLarge(f"line of {n} bytes, the limit is {most}", size=n, limit=most)
+            if size + FRAME_HEADER + n > limit and parts:
+                bodies.append(b"".join(parts))
+                parts = []
+                size = 0
+            parts.append(pack_frame_header(n))
+            parts.append(line)
+            size += FRAME_HEADER + n
+        bodies.append(b"".join(parts))
+        return bodies
+
+    def encode(self, payload: bytes) -> bytes:
+        return payload if payload.endswith(b"\n") else payload + b"\n"
+
+
+Framing = LengthFraming | LineFraming
+FRAMINGS: dict[str, type[LengthFraming] | type[LineFraming]] = {
+    "length": LengthFraming,
+    "line": LineFraming,
+}
+
+
+def make_framing(name: str, max_frame: int = DEFAULT_MAX_FRAME) -> Framing:
+    try:
+        cls = FRAMINGS[name]
+    except KeyError:
+        raise ConfigError(
+            f"--framing {name!r}: unknown framing; choose one of {', '.join(FRAMINGS)}",
+            option="--framing",
+            value=name,
+        ) from None
+    return cls(max_frame)

@@ -1,0 +1,87 @@
+"""One way to be an object placed in a segment (pure).
+
+Every kind of object that lives in a segment (``CodeQueue``, ``StepJournal``,
+``StatusBoard``, ``ConnTable``, and the ones to come) answers the same five
+questions, so the server's segment and the inspector loop over kinds instead
+of naming each one::
+
+    KIND                         the kind recorded in the directory (<= 16 bytes)
+    region_size(param) -> int    bytes its region takes for one configuration
+                                 value (a queue's capacity, a table's slots;
+                                 ignored by fixed-size kinds)
+    param_of(size) -> int        the inverse, for a reader that only has the
+                                 directory (the inspector)
+    place(shm, name, param, observer=False) -> the object
+                                 take the next region of ``shm`` and open it:
+                                 INIT formats it, RECOVER validates and keeps
+                                 it; an ``observer`` only looks (it skips
+                                 checks that race with the running workers)
+    report(name) -> dict         what the inspector shows of it, merged into
+                                 the status dict one level deep
+
+``Allocator`` is all ``place`` needs of a segment: ``ipc.shm.SharedMemory``
+is one, and so is anything else with ``place(name, kind, size)``,
+``start_mode`` and ``on_detach(release)``.  ``InSegment`` gives a pure kind
+its ``place``; it only writes ``on_region`` (open a region it is handed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from .header import StartMode
+
+T = TypeVar("T", bound="InSegment")
+
+
+class Allocator(Protocol):
+    start_mode: StartMode
+
+    def place(self, name: str, kind: str, size: int) -> memoryview: ...
+
+    def on_detach(self, release: Callable[[], None]) -> None: ...
+
+
+class InSegment:
+    """Base of every kind placed in a segment (see the module docstring)."""
+
+    KIND: ClassVar[str]
+    SIZE: ClassVar[int] = 0  # fixed-size kinds say their size here
+
+    @classmethod
+    def region_size(cls, param: int = 0) -> int:
+        return cls.SIZE
+
+    @classmethod
+    def param_of(cls, size: int) -> int:
+        return 0
+
+    @classmethod
+    def on_region(cls: type[T], region: memoryview, param: int, *, init: bool, observer: bool) -> T:
+        raise NotImplementedError
+
+    @classmethod
+    def place(
+        cls: type[T], shm: Allocator, name: str, param: int = 0, *, observer: bool = False
+    ) -> T:
+        region = shm.place(name, cls.KIND, cls.region_size(param))
+        obj = cls.on_region(region, param, init=shm.start_mode is StartMode.INIT, observer=observer)
+        shm.on_detach(obj.release)
+        return obj
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def report(self, name: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def merge_report(into: dict[str, Any], report: dict[str, Any]) -> None:
+    """Merge one object's ``report`` into the status dict, one level deep
+    (two queues both report under ``queues``)."""
+    for key, value in report.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            into[key].update(value)
+        else:
+            into[key] = value

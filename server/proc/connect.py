@@ -1,0 +1,265 @@
+"""The connect process: the only one that touches client sockets.
+
+A thin loop that moves bytes between sockets, the two queues and the client
+table (``server.core.clients``), where every policy about clients lives:
+framing, limits, back-pressure, timeouts, and the codes built from it all.
+One non-blocking ``selectors`` loop holds the listening socket, every client
+socket and the doorbell of the outbound queue.  Each turn::
+
+    1. heartbeat
+    2. pop outbound codes -> table.deliver -> write to those clients
+    3. offer waiting inbound codes to the queue (table.push); when it is
+       full, stop reading every socket until it has room again
+    4. select: new clients -> table.open; readable sockets -> table.received;
+       writable ones -> write what they take
+    5. push this turn's inbound codes; once a second table.tick (timeouts)
+
+Connection ids carry the slot's generation, kept in the segment
+(``server.core.conntable``), so a reply to a connection of a dead connect
+process is dropped and counted, never delivered to a newcomer in the same
+slot.  A restarted connect process closes the slots its predecessor left
+open and tells the logic process (CLOSED codes): those connections are lost.
+
+SIGTERM (from the supervisor) starts a graceful stop: no new connections or
+requests, what is queued is delivered, for at most ``STOP_DEADLINE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import signal
+import socket
+import time
+from typing import Any
+
+from ..core.clients import READ, WRITE, Client, ClientTable
+from ..core.config import ServerConfig
+from ..core.status import Role
+from ..ipc.codequeue import GRACE
+from ..ipc.segment import ServerSegment
+from .common import TICK, Parent
+
+log = logging.getLogger("server.connect")
+
+RECV_SIZE = 256 * 1024
+ACCEPTS_PER_TURN = 64
+OUT_CODES_PER_TURN = 4096
+ROOM_POLL = 2e-3  # while the inbound queue is full
+STOP_DEADLINE = 5.0  # seconds a graceful stop waits for queued work
+
+_DOORBELL = "doorbell"
+_LISTENER = "listener"
+
+
+def _events(interest: int) -> int:
+    return (selectors.EVENT_READ if interest & READ else 0) | (
+        selectors.EVENT_WRITE if interest & WRITE else 0
+    )
+
+
+class ConnectProcess:
+    def __init__(self, cfg: ServerConfig, seg: ServerSegment, listener: socket.socket) -> None:
+        self.inbound = seg.inbound
+        self.outbound = seg.outbound
+        self.status = seg.status
+        self.table = ClientTable(cfg, seg.conns, seg.status, self._release)
+        self.listener = listener
+        listener.setblocking(False)
+        self.listening = False
+        self.sel = selectors.DefaultSelector()
+        self.stopping = False
+        self.asleep = False
+        self.now = time.monotonic()
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        self.inbound.recover_producer()
+        self.outbound.recover_consumer()
+        self.table.restart()
+        self.sel.register(self.outbound.fileno(), selectors.EVENT_READ, _DOORBELL)
+        self.update_listener()
+        signal.signal(signal.SIGTERM, self._on_term)
+        hb, hbi = self.status.heartbeat_word(Role.CONNECT)
+        parent = Parent()
+        table = self.table
+        next_timers = self.now + 1.0
+        stop_deadline = 0.0
+        while True:
+            hb[hbi] += 1
+            self.deliver()
+            if table.backlog:
+                self.push()
+            if self.stopping:
+                if not stop_deadline:
+                    stop_deadline = self.now + STOP_DEADLINE
+                    self.begin_stop()
+                queues_empty = self.inbound.empty() and self.outbound.empty()
+                if table.stop_done(queues_empty) or self.now > stop_deadline:
+                    break
+            events = self.sel.select(self.choose_timeout())
+            self.now = time.monotonic()
+            if self.asleep and events:
+                self.outbound.finish_wait()
+                self.asleep = False
+            for key, mask in events:
+                c = key.data
+                if c is _DOORBELL:
+                    continue
+                if c is _LISTENER:
+                    self.accept()
+                    continue
+                if mask & selectors.EVENT_WRITE and table.is_open(c):
+                    self.flush(c)
+                if mask & selectors.EVENT_READ and table.is_open(c):
+                    self.read(c)
+            if table.inq:
+                self.push()
+            if self.now >= next_timers:
+                next_timers = self.now + 1.0
+                table.tick(self.now)
+                if parent.gone():
+                    log.warning("the supervisor is gone; stopping")
+                    self.stopping = True
+        self.finish_stop()
+
+    def choose_timeout(self) -> float:
+        if not self.outbound.empty():
+            return 0.0
+        if self.table.backlog:
+            return ROOM_POLL
+        if self.stopping:
+            return 0.05
+        if self.asleep:
+            return TICK
+        if self.outbound.prepare_wait():
+            self.asleep = True
+            return GRACE
+        return 0.0
+
+    # -- queues ---------------------------------------------------------------------------
+    def deliver(self) -> None:
+        codes = self.outbound.pop_many(OUT_CODES_PER_TURN, 1 << 20)
+        if codes:
+            for c in self.table.deliver(codes):
+                if self.table.is_open(c):
+                    self.flush(c)
+
+    def push(self) -> None:
+        if self.table.push(self.inbound.push_many):  # reading paused or resumed
+            for c in list(self.table.clients.values()):
+                self.update_interest(c)
+            self.update_listener()
+
+    # -- sockets ----------------------------------------------------------------------------
+    def flush(self, c: Client) -> None:
+        sent = 0
+        if c.out:
+            try:
+                sent = c.handle.send(c.out)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as err:
+                self.table.close(c, f"send failed: {err.strerror or err}")
+                return
+        if self.table.wrote(c, sent, self.now):
+            self.update_interest(c)
+
+    def read(self, c: Client) -> None:
+        try:
+            data = c.handle.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            self.table.close(c, f"receive failed: {err.strerror or err}")
+            return
+        self.table.received(c, data, self.now)
+
+    def accept(self) -> None:
+        for _ in range(ACCEPTS_PER_TURN):
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # EMFILE and friends: try again next turn
+                log.error("accept failed: %s", err)
+                return
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+            sock.setblocking(False)
+            c = self.table.open(peer, self.now)
+            if c is None:  # full: say so and close
+                with contextlib.suppress(OSError):
+                    sock.send(self.table.full_reply)
+                sock.close()
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.handle = sock
+            self.update_interest(c)
+
+    def _release(self, c: Client, reason: str) -> None:
+        """The table closed ``c``: let go of its socket."""
+        if c.events:
+            self.sel.unregister(c.handle)
+            c.events = 0
+        c.handle.close()
+
+    def update_interest(self, c: Client) -> None:
+        want = _events(self.table.interest(c))
+        if want == c.events:
+            return
+        if not c.events:
+            self.sel.register(c.handle, want, c)
+        elif not want:
+            self.sel.unregister(c.handle)
+        else:
+            self.sel.modify(c.handle, want, c)
+        c.events = want
+
+    def update_listener(self) -> None:
+        want = self.table.accepting and self.listener.fileno() >= 0
+        if want and not self.listening:
+            self.sel.register(self.listener, selectors.EVENT_READ, _LISTENER)
+        elif self.listening and not want:
+            self.sel.unregister(self.listener)
+        self.listening = want
+
+    # -- graceful stop --------------------------------------------------------------------------
+    def begin_stop(self) -> None:
+        self.table.begin_stop()
+        self.update_listener()
+        self.listener.close()
+        for c in list(self.table.clients.values()):
+            self.update_interest(c)
+
+    def finish_stop(self) -> None:
+        self.table.close_all("server stopping")
+        self.push()
+        if self.table.backlog:
+            log.warning(
+                "%d CLOSED code(s) did not fit in the inbound queue: the app is not told "
+                "that those connections closed",
+                len(self.table.backlog),
+            )
+        self.sel.close()
+        log.info("stopped")
+
+
+def main(cfg: ServerConfig, listen_fd: int) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    listener = socket.socket(fileno=listen_fd)
+    seg = ServerSegment.attach(cfg)
+    try:
+        proc = ConnectProcess(cfg, seg, listener)
+        log.info(
+            "started: clients on %s:%d, %d codes waiting outbound",
+            *listener.getsockname()[:2],
+            len(seg.outbound),
+        )
+        proc.run()
+    finally:
+        seg.detach()
+    return 0

@@ -1,0 +1,113 @@
+"""The logic process: a thin loop over ``server.core.stepper.LogicStepper``.
+
+Attach to the segment, finish a step a crashed predecessor published but did
+not consume, then loop ``step()``: codes are consumed only after their
+replies are published (see ``server.core.stepper``).  With nothing to do it
+sleeps on the inbound queue's doorbell, at most ``TICK`` at a time so the
+heartbeat keeps moving; while its replies wait for room in the outbound
+queue it backs off briefly.  SIGTERM (sent by the supervisor) stops it once
+nothing is pending; it also stops when the supervisor is gone.
+
+Test-only fault injection: ``STCP_CRASH_AFTER_PUBLISHING_STEP=N`` makes the
+process kill itself with SIGKILL right after publishing step N, before
+consuming its codes (the crash tests check that recovery neither loses nor
+repeats a reply).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..core.app import load_app
+from ..core.config import ServerConfig
+from ..core.framing import Framing, make_framing
+from ..core.status import Role
+from ..core.stepper import LogicStepper
+from ..ipc.segment import ServerSegment
+from .common import TICK, Parent
+
+log = logging.getLogger("server.logic")
+
+CRASH_ENV = "STCP_CRASH_AFTER_PUBLISHING_STEP"
+
+
+def crash_after_step(n: int) -> Callable[[int], None] | None:
+    """The fault injection hook: SIGKILL ourselves after publishing step ``n``."""
+    if n <= 0:
+        return None
+
+    def hook(step: int) -> None:
+        if step == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+class _Stop:
+    requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def main(cfg: ServerConfig) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    app = load_app(cfg.app)()
+    seg = ServerSegment.attach(cfg)
+    try:
+        return _run(seg, app, stop, make_framing(cfg.framing, cfg.max_frame))
+    finally:
+        seg.detach()
+
+
+def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing) -> int:
+    inbound, outbound, status = seg.inbound, seg.outbound, seg.status
+    hook = crash_after_step(int(os.environ.get(CRASH_ENV) or 0))
+    stepper = LogicStepper(inbound.ring, outbound.ring, seg.journal, app, framing, hook)
+    finished = stepper.recover()
+    inbound.recover_consumer()
+    outbound.recover_producer()
+    log.info(
+        "started: %d codes pending inbound, %d processed so far%s",
+        len(inbound),
+        inbound.stats()["popped"],
+        f"; finished the step a crashed process had published ({finished} codes)"
+        if finished
+        else "",
+    )
+    hb, hbi = status.heartbeat_word(Role.LOGIC)
+    parent = Parent()
+    errors_reported = 0
+    backoff = 0.0
+    while True:
+        hb[hbi] += 1
+        done = stepper.step()
+        errors = stepper.dispatcher.errors
+        if errors != errors_reported:
+            status.add("app_errors", errors - errors_reported)
+            errors_reported = errors
+        if done > 0:
+            backoff = 0.0
+            continue
+        if done == LogicStepper.BLOCKED:
+            if stop.requested:  # nobody is left to drain the outbound queue
+                log.warning("stopping with replies waiting for room; the next start redoes them")
+                break
+            backoff = min(0.02, backoff * 2 or 0.0005)
+            time.sleep(backoff)  # replies wait for the connect process to drain
+            continue
+        if stop.requested:
+            break
+        if parent.gone():
+            log.warning("the supervisor is gone; stopping")
+            break
+        inbound.wait(timeout=TICK)
+    log.info("stopped: %d codes processed in all", inbound.stats()["popped"])
+    return 0
