@@ -13,7 +13,7 @@ The rules of step 03 still hold, one level up: the producer writes the whole
 record and publishes ``tail`` last, the consumer copies the record out and
 publishes ``head`` last, and each counter has exactly one writer, so one
 producer and one consumer need no lock.  That is why there is one ring per
-direction.  The ring is ``server.core.ring.CodeRing`` from the package (a pure
+direction.  The ring is ``server.core.codering.CodeRing`` from the package (a pure
 class: here it first runs on a plain ``bytearray``); this step places two of
 them in a raw segment by hand::
 
@@ -31,7 +31,7 @@ the segment at once and holds back nothing.  The requests now wait in shared
 memory, which outlives both processes: step 05 uses that.
 
 **Read next.**  ``server/core/ring.py``: the record format, the counters and the
-commit rule.
+commit rule; ``server/core/codering.py``: push and pop, one or many at a time.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ import struct
 
 import sysv_ipc
 
-from server.core.ring import CodeRing, region_size
+from server.core.codering import CodeRing
+from server.core.ring import region_size
 from steps._kit import Stage, run, say
 from steps.step03_two_processes import relay_demo, relay_options, run_role
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 
 from server import BadCode
+from server.core.codering import CodeRing
 from server.core.codes import Kind, decode, encode
 from server.core.journal import MAX_ATTEMPTS, REGION_SIZE, Pace, StepJournal
-from server.core.ring import CodeRing, region_size
+from server.core.ring import region_size
 
 
 class Crash(Exception):

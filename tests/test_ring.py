@@ -8,7 +8,8 @@ from collections import deque
 import pytest
 
 from server import CodeTooLarge, CorruptQueue
-from server.core.ring import CONTROL_SIZE, RECORD_HEADER, CodeRing, region_size
+from server.core.codering import CodeRing
+from server.core.ring import CONTROL_SIZE, RECORD_HEADER, region_size
 
 
 def make(capacity: int) -> tuple[bytearray, CodeRing]:

@@ -6,12 +6,12 @@ import pytest
 
 from server import CodeTooLarge, ConfigError, CorruptSegment
 from server.core.app import Conn, Dispatcher, Outbox, load_app
+from server.core.codering import CodeRing
 from server.core.codes import Kind, conn_id, decode, encode
 from server.core.config import ServerConfig
 from server.core.conntable import ConnTable, region_size
 from server.core.framing import LengthFraming
 from server.core.journal import REGION_SIZE, StepJournal
-from server.core.ring import CodeRing
 from server.core.ring import region_size as ring_size
 from server.core.status import REGION_SIZE as STATUS_SIZE
 from server.core.status import Reason, Role, StatusBoard

@@ -48,8 +48,8 @@ import enum
 from typing import Any
 
 from ..errors import CorruptSegment
+from .codering import CodeRing
 from .placed import InSegment
-from .ring import CodeRing
 
 MAGIC = int.from_bytes(b"JOURNAL1", "little")
 REGION_SIZE = 64

@@ -34,9 +34,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .app import Dispatcher, Outbox
+from .codering import CodeRing
 from .framing import Framing, LengthFraming
 from .journal import Pace, StepJournal
-from .ring import RECORD_HEADER, CodeRing
+from .ring import RECORD_HEADER
 
 log = logging.getLogger("server.logic")
 

@@ -42,9 +42,10 @@ import select
 import time
 from typing import Any
 
+from ..core.codering import CodeRing
 from ..core.header import StartMode
 from ..core.placed import Allocator, InSegment
-from ..core.ring import CONTROL_SIZE, CodeRing, full_fence, region_size
+from ..core.ring import CONTROL_SIZE, full_fence, region_size
 from .doorbell import Doorbell, doorbell_address
 from .shm import SharedMemory
 

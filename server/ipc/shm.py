@@ -1,4 +1,4 @@
-"""Shared memory: the factory that decides INIT vs RECOVER, and the allocator.
+"""Shared memory: the factory that decides INIT vs RECOVER (System V).
 
 ``SHMFactory.create_product(key, size)`` is the owner's entry point::
 
@@ -19,17 +19,8 @@ Segments are created with mode 0600.  Attaching to a segment owned by another
 user, or one that group or other may read or write, is refused: anyone who
 can write the segment can inject codes.
 
-``SharedMemory`` is the allocator, the Python face of the original's
-overridden ``operator new``: ``place(name, kind, size)`` hands out the next
-region of the segment, in order.  In INIT mode the region is new and the
-caller initialises it; in RECOVER mode the placement must match the
-directory entry recorded at INIT (see ``server.core.header``) and the caller only
-validates what is there.  The owner calls ``mark_ready()`` once everything
-is placed: in INIT that sets the header's ready flag, *last*; in RECOVER it
-checks that no recorded object was left out.
-
-``SharedMemory`` works on any writable buffer, so the allocator is tested on a
-plain ``bytearray``; only ``SHMFactory`` talks to System V.
+``SharedMemory`` (``server.core.allocator``) is the allocator that places
+objects in the segment; this module is the System V side of it.
 """
 
 from __future__ import annotations
@@ -37,20 +28,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sysv_ipc
 
-from ..core.header import HEADER_SIZE, Placement, SegmentHeader, StartMode
-from ..errors import (
-    CorruptSegment,
-    Detached,
-    LayoutMismatch,
-    SegmentError,
-    SegmentInUse,
-    SegmentPermissionError,
-)
+from ..core.allocator import SharedMemory, key_text
+from ..core.header import HEADER_SIZE, SegmentHeader, StartMode
+from ..errors import SegmentError, SegmentInUse, SegmentPermissionError
 
 __all__ = ["SHMFactory", "SharedMemory", "StartMode", "MODE"]
 
@@ -59,104 +44,18 @@ log = logging.getLogger("server.shm")
 MODE = 0o600
 
 
-class SharedMemory:
-    """A segment (or any writable buffer) with a header and an allocator.
+class _Attached:
+    """A ``sysv_ipc.SharedMemory`` as the allocator's ``Segment``."""
 
-    ``start_mode`` says whether placed objects initialise (INIT) or keep and
-    validate (RECOVER) their region.
-    """
+    def __init__(self, seg: Any) -> None:
+        self.seg = seg
 
-    def __init__(
-        self,
-        buffer: Any,
-        start_mode: StartMode,
-        *,
-        key: int | None = None,
-        segment: Any = None,
-    ) -> None:
-        self._mem: memoryview | None = memoryview(buffer)
-        if self._mem.format != "B" or self._mem.readonly:
-            raise TypeError("SharedMemory needs a writable byte buffer")
-        self.start_mode = start_mode
-        self.key = key
-        self._segment = segment
-        self.header = SegmentHeader(self._mem)
-        self._placed = 0
-        self._releases: list[Callable[[], None]] = [self.header.release]
-        if start_mode is StartMode.INIT:
-            self.header.initialise()
-        else:
-            problem = self.header.problem()
-            if problem is not None:
-                self._release_views()
-                raise CorruptSegment(
-                    f"cannot recover segment {_key_text(key)}: {problem}",
-                    field="header",
-                    found=problem,
-                    expected="a ready header",
-                )
-
-    # -- allocation -------------------------------------------------------------
-    def place(self, name: str, kind: str, size: int) -> memoryview:
-        """Hand out the next ``size`` bytes for object ``name`` of ``kind``.
-
-        INIT records the placement; RECOVER checks it against the record.
-        """
-        mem = self._live()
-        if self.start_mode is StartMode.INIT:
-            if self.header.ready:
-                raise LayoutMismatch(
-                    f"cannot place {kind} {name!r}: the segment was already marked ready",
-                    name=name,
-                )
-            where = self.header.add_placement(name, kind, size)
-        else:
-            where = self.header.match_placement(self._placed, name, kind, size)
-        self._placed += 1
-        view = mem[where.offset : where.offset + where.size]
-        self._releases.append(view.release)
-        return view
-
-    def on_detach(self, release: Callable[[], None]) -> None:
-        """Call ``release`` when the segment is detached (objects placed on
-        it drop their views, so later use raises instead of touching
-        unmapped memory)."""
-        self._releases.append(release)
-
-    def mark_ready(self) -> None:
-        """Every object is placed.  INIT: set the ready flag (the last write
-        of initialisation).  RECOVER: check nothing recorded was left out."""
-        self._live()
-        if self.start_mode is StartMode.INIT:
-            self.header.mark_ready()
-        elif self._placed != self.header.entries:
-            raise LayoutMismatch(
-                f"the segment holds {self.header.entries} objects but this configuration "
-                f"placed {self._placed}; start with the configuration that created it, or "
-                f"remove the segment (python -m server clean) to start afresh",
-                expected=self.header.entries,
-                found=self._placed,
-            )
-
-    # -- facts ----------------------------------------------------------------------
-    @property
-    def size(self) -> int:
-        return len(self._live())
-
-    @property
-    def generation(self) -> int:
-        self._live()
-        return self.header.generation
-
-    def placements(self) -> list[Placement]:
-        self._live()
-        return self.header.placements()
+    def detach(self) -> None:
+        with contextlib.suppress(sysv_ipc.NotAttachedError):
+            self.seg.detach()
 
     def stat(self) -> dict[str, Any]:
-        """What the kernel says of the segment (empty for a plain buffer)."""
-        seg = self._segment
-        if seg is None:
-            return {}
+        seg = self.seg
         return {
             "key": seg.key,
             "id": seg.id,
@@ -168,46 +67,9 @@ class SharedMemory:
             "last_pid": seg.last_pid,
         }
 
-    # -- lifetime ---------------------------------------------------------------------
-    @property
-    def attached(self) -> bool:
-        return self._mem is not None
 
-    def _live(self) -> memoryview:
-        if self._mem is None:
-            raise Detached(f"segment {_key_text(self.key)} was detached", key=self.key)
-        return self._mem
-
-    def _release_views(self) -> None:
-        for release in reversed(self._releases):
-            release()
-        self._releases.clear()
-        if self._mem is not None:
-            self._mem.release()
-        self._mem = None
-
-    def detach(self) -> None:
-        """Drop every view handed out, then detach.  The segment stays."""
-        if self._mem is None:
-            return
-        self._release_views()
-        if self._segment is not None:
-            with contextlib.suppress(sysv_ipc.NotAttachedError):
-                self._segment.detach()
-
-    def __enter__(self) -> SharedMemory:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
-
-    def __repr__(self) -> str:
-        state = "attached" if self._mem is not None else "detached"
-        return f"<SharedMemory key={_key_text(self.key)} {self.start_mode.name} {state}>"
-
-
-def _key_text(key: int | None) -> str:
-    return "(buffer)" if key is None else f"0x{key & 0xFFFFFFFF:08x}"
+def _open(seg: Any, mode: StartMode, key: int) -> SharedMemory:
+    return SharedMemory(seg, mode, key=key, segment=_Attached(seg))
 
 
 class SHMFactory:
@@ -230,9 +92,9 @@ class SHMFactory:
         for _attempt in range(3):
             seg = _create(key, size)
             if seg is not None:
-                shm = SharedMemory(seg, StartMode.INIT, key=key, segment=seg)
+                shm = _open(seg, StartMode.INIT, key)
                 shm.header.record_start(StartMode.INIT)
-                log.info("created segment %s (%d bytes): INIT", _key_text(key), size)
+                log.info("created segment %s (%d bytes): INIT", key_text(key), size)
                 return shm
             seg = _attach(key)
             if seg is None:  # removed between our two calls: try creating again
@@ -240,14 +102,14 @@ class SHMFactory:
             problem = _recover_problem(seg, size, layout)
             if problem is None:
                 try:
-                    shm = SharedMemory(seg, StartMode.RECOVER, key=key, segment=seg)
+                    shm = _open(seg, StartMode.RECOVER, key)
                 except BaseException:
                     seg.detach()
                     raise
                 shm.header.record_start(StartMode.RECOVER)
                 log.info(
                     "attached segment %s (generation %d): RECOVER",
-                    _key_text(key),
+                    key_text(key),
                     shm.header.generation,
                 )
                 return shm
@@ -255,22 +117,22 @@ class SHMFactory:
             if others > 0:
                 seg.detach()
                 raise SegmentInUse(
-                    f"segment {_key_text(key)} cannot be recovered ({problem}) and {others} "
+                    f"segment {key_text(key)} cannot be recovered ({problem}) and {others} "
                     f"other process(es) are attached to it; stop them first",
                     key=key,
                     attached=others,
                     problem=problem,
                 )
             if seg.size == size:
-                log.warning("re-initialising segment %s: %s", _key_text(key), problem)
-                shm = SharedMemory(seg, StartMode.INIT, key=key, segment=seg)
+                log.warning("re-initialising segment %s: %s", key_text(key), problem)
+                shm = _open(seg, StartMode.INIT, key)
                 shm.header.record_start(StartMode.INIT)
                 return shm
-            log.warning("re-creating segment %s: %s", _key_text(key), problem)
+            log.warning("re-creating segment %s: %s", key_text(key), problem)
             seg.remove()
             seg.detach()
         raise SegmentError(
-            f"segment {_key_text(key)} kept changing while we tried to create it; "
+            f"segment {key_text(key)} kept changing while we tried to create it; "
             f"is another server starting with the same key?",
             key=key,
         )
@@ -282,10 +144,10 @@ class SHMFactory:
         seg = _attach(key)
         if seg is None:
             raise SegmentError(
-                f"no segment with key {_key_text(key)}; is the server running?", key=key
+                f"no segment with key {key_text(key)}; is the server running?", key=key
             )
         try:
-            return SharedMemory(seg, StartMode.RECOVER, key=key, segment=seg)
+            return _open(seg, StartMode.RECOVER, key)
         except BaseException:
             seg.detach()
             raise
@@ -322,14 +184,14 @@ class SHMFactory:
         if others > 0:
             seg.detach()
             raise SegmentInUse(
-                f"segment {_key_text(key)} is still attached by {others} process(es); "
+                f"segment {key_text(key)} is still attached by {others} process(es); "
                 f"stop them before removing it",
                 key=key,
                 attached=others,
             )
         seg.remove()
         seg.detach()
-        log.info("removed segment %s", _key_text(key))
+        log.info("removed segment %s", key_text(key))
         return True
 
 
@@ -340,7 +202,7 @@ def _create(key: int, size: int) -> Any:
         return None
     except (OSError, ValueError, sysv_ipc.Error) as err:
         raise SegmentError(
-            f"cannot create a segment of {size} bytes with key {_key_text(key)}: {err} "
+            f"cannot create a segment of {size} bytes with key {key_text(key)}: {err} "
             f"(check kernel.shmmax and kernel.shmall)",
             key=key,
             size=size,
@@ -356,14 +218,14 @@ def _attach(key: int) -> Any:
         return None
     except sysv_ipc.PermissionsError:
         raise SegmentPermissionError(
-            f"segment {_key_text(key)} exists but we may not attach to it (another user's?); "
+            f"segment {key_text(key)} exists but we may not attach to it (another user's?); "
             f"pick another key",
             key=key,
         ) from None
     if seg.uid != os.geteuid():
         seg.detach()
         raise SegmentPermissionError(
-            f"segment {_key_text(key)} belongs to uid {seg.uid}, not to us (uid "
+            f"segment {key_text(key)} belongs to uid {seg.uid}, not to us (uid "
             f"{os.geteuid()}); refusing to use it, pick another key",
             key=key,
             found=seg.uid,
@@ -373,7 +235,7 @@ def _attach(key: int) -> Any:
     if mode & 0o077:
         seg.detach()
         raise SegmentPermissionError(
-            f"segment {_key_text(key)} has mode {mode:04o}: group or other may use it, so "
+            f"segment {key_text(key)} has mode {mode:04o}: group or other may use it, so "
             f"anyone could inject codes; refusing it (remove it with ipcrm -M {key}, or pick "
             f"another key)",
             key=key,

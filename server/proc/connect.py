@@ -21,7 +21,7 @@ slot.  A restarted connect process closes the slots its predecessor left
 open and tells the logic process (CLOSED codes): those connections are lost.
 
 SIGTERM (from the supervisor) starts a graceful stop: no new connections or
-requests, what is queued is delivered, for at most ``STOP_DEADLINE``.
+requests; what is queued is delivered, for at most ``STOP_DEADLINE``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import selectors
 import signal
 import socket
 import time
-from typing import Any
 
 from ..core.clients import READ, WRITE, Client, ClientTable
 from ..core.config import ServerConfig
@@ -51,19 +50,16 @@ STOP_DEADLINE = 5.0  # seconds a graceful stop waits for queued work
 
 _DOORBELL = "doorbell"
 _LISTENER = "listener"
-
-
-def _events(interest: int) -> int:
-    return (selectors.EVENT_READ if interest & READ else 0) | (
-        selectors.EVENT_WRITE if interest & WRITE else 0
-    )
+# The table's interest bits are selectors' events, so they pass as they are.
+if (READ, WRITE) != (selectors.EVENT_READ, selectors.EVENT_WRITE):
+    raise ImportError("server.core.clients READ/WRITE differ from selectors' events")
 
 
 class ConnectProcess:
     def __init__(self, cfg: ServerConfig, seg: ServerSegment, listener: socket.socket) -> None:
         self.inbound = seg.inbound
         self.outbound = seg.outbound
-        self.status = seg.status
+        self.heartbeat = seg.status.heartbeat_word(Role.CONNECT)
         self.table = ClientTable(cfg, seg.conns, seg.status, self._release)
         self.listener = listener
         listener.setblocking(False)
@@ -73,7 +69,7 @@ class ConnectProcess:
         self.asleep = False
         self.now = time.monotonic()
 
-    def _on_term(self, signum: int, frame: Any) -> None:
+    def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
 
     # -- the loop ---------------------------------------------------------------------
@@ -84,7 +80,7 @@ class ConnectProcess:
         self.sel.register(self.outbound.fileno(), selectors.EVENT_READ, _DOORBELL)
         self.update_listener()
         signal.signal(signal.SIGTERM, self._on_term)
-        hb, hbi = self.status.heartbeat_word(Role.CONNECT)
+        hb, hbi = self.heartbeat
         parent = Parent()
         table = self.table
         next_timers = self.now + 1.0
@@ -108,15 +104,13 @@ class ConnectProcess:
                 self.asleep = False
             for key, mask in events:
                 c = key.data
-                if c is _DOORBELL:
-                    continue
                 if c is _LISTENER:
                     self.accept()
-                    continue
-                if mask & selectors.EVENT_WRITE and table.is_open(c):
-                    self.flush(c)
-                if mask & selectors.EVENT_READ and table.is_open(c):
-                    self.read(c)
+                elif c is not _DOORBELL:
+                    if mask & selectors.EVENT_WRITE and table.is_open(c):
+                        self.flush(c)
+                    if mask & selectors.EVENT_READ and table.is_open(c):
+                        self.read(c)
             if table.inq:
                 self.push()
             if self.now >= next_timers:
@@ -208,7 +202,7 @@ class ConnectProcess:
         c.handle.close()
 
     def update_interest(self, c: Client) -> None:
-        want = _events(self.table.interest(c))
+        want = self.table.interest(c)
         if want == c.events:
             return
         if not c.events:
