@@ -31,6 +31,8 @@ from typing import Any
 
 import sysv_ipc
 
+from server.proc.common import Parent, exit_text
+
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -43,13 +45,6 @@ def say(*lines: str) -> None:
     """Narrate: print and flush at once (the output may be a pipe)."""
     for line in lines:
         print(line, flush=True)
-
-
-def exit_text(status: int) -> str:
-    """``Popen.returncode`` in words."""
-    if status < 0:
-        return f"killed by {signal.Signals(-status).name}"
-    return f"exited with status {status}"
 
 
 def listen(port: int = 0) -> socket.socket:
@@ -294,7 +289,7 @@ def child_run(main: Callable[..., Any], *args: Any) -> int:
 def parent_alive() -> bool:
     """False once the driver that started us is gone (we were re-parented):
     a child waiting for work stops then instead of living on as an orphan."""
-    return os.getppid() == _PARENT
+    return not _PARENT.gone()
 
 
-_PARENT = os.getppid()
+_PARENT = Parent()
