@@ -16,7 +16,7 @@ with no arguments.
 is written to a socket here: each call frames the payload for the wire and
 appends an outbound code to the
 ``Outbox`` of the step in progress, and the logic process publishes the
-whole outbox at once (see ``server.logic``).  The app must not keep state it
+whole outbox at once (see ``server.core.stepper``).  The app must not keep state it
 cannot lose: the logic process may be killed and restarted at any moment,
 and then replays the codes whose replies were not published.
 """

@@ -1,7 +1,7 @@
 """The built-in applications: ``echo`` and ``chat``.
 
 Both are stateless on purpose: the logic process may be killed and restarted
-at any moment (see ``server.app``), and the list of connected users is kept
+at any moment (see ``server.core.app``), and the list of connected users is kept
 by the connect process, which carries out broadcasts.
 """
 

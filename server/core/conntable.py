@@ -1,7 +1,7 @@
 """The connection table: one word per slot, in shared memory (pure core).
 
 The connect process hands out connection ids ``generation << 32 | slot``
-(see ``server.codes``).  The generation of every slot lives here, in the
+(see ``server.core.codes``).  The generation of every slot lives here, in the
 segment, so it keeps growing across restarts of the connect process: a reply
 still queued for a connection of a dead connect process can never reach the
 new connection that took its slot.
