@@ -49,7 +49,7 @@ def step(inbound: CodeRing, outbound: CodeRing, journal: StepJournal, crash_at: 
         return False
     if pace is Pace.SET_ASIDE:
         inbound.commit_head(end, 1)
-        journal.set_aside()
+        journal.set_aside(0, len(codes[0]))
         journal.succeeded(end)
         return True
     journal.begin(head, end)

@@ -54,7 +54,7 @@ def test_status_board_counts_restarts_and_reasons() -> None:
     assert info["processes"]["logic"]["restarts"] == 1
     assert info["processes"]["logic"]["last_start"] == "killed by signal 9"
     assert info["counters"]["replies_dropped"] == 3
-    mem.cast("Q")[8 + 8 * Role.LOGIC + 4] = 77  # a corrupt reason is shown, not trusted
+    mem.cast("Q")[8 + 16 * Role.LOGIC + 4] = 77  # a corrupt reason is shown, not trusted
     assert (
         "unknown reason 77"
         in StatusBoard(mem, init=False).describe()["processes"]["logic"]["last_start"]

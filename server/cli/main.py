@@ -19,12 +19,14 @@ import logging
 import os
 import sys
 
-from ..core.app import load_app
+from ..core.app import check_app, load_app
 from ..core.config import DEFAULT_KEY, DEFAULT_PORT, ServerConfig
-from ..errors import ConfigError, SegmentInUse, ServerError
+from ..core.watchdog import EXIT_CORRUPT
+from ..errors import ConfigError, CorruptSegment, SegmentInUse, ServerError
 from ..ipc.shm import SHMFactory
 from ..proc import connect, logic
-from ..proc.supervisor import Supervisor, raise_fd_limit
+from ..proc.supervisor import Supervisor
+from ..proc.workers import raise_fd_limit
 from . import client
 from .demo import run_demo
 from .inspect import describe, format_status
@@ -80,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:  # --app MODULE:ATTR from the current directory
         sys.path.insert(0, os.getcwd())
     app = load_app(args.app)
+    check_app(app, args.app)  # a bad app fails here, not in a crash loop of workers
     cfg = ServerConfig(
         app=args.app,
         host=args.host,
@@ -93,6 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out_buffer=args.out_buffer,
         send_timeout=args.send_timeout,
         hang_timeout=args.hang_timeout,
+        request_timeout=args.request_timeout,
         full_message=getattr(app, "full_message", ServerConfig.full_message),
     ).validate()
     raise_fd_limit(cfg)
@@ -101,14 +105,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     cfg = ServerConfig.from_json(args.config)
-    if args.role == "connect":
-        if args.listen_fd is None:
-            raise ConfigError(
-                "the connect worker needs --listen-fd (it is started by `run`, not by hand)",
-                option="--listen-fd",
-            )
-        return connect.main(cfg, args.listen_fd)
-    return logic.main(cfg)
+    if args.role == "connect" and args.listen_fd is None:
+        raise ConfigError(
+            "the connect worker needs --listen-fd (it is started by `run`, not by hand)",
+            option="--listen-fd",
+        )
+    try:
+        if args.role == "connect":
+            return connect.main(cfg, args.listen_fd)
+        return logic.main(cfg)
+    except CorruptSegment as err:
+        # A distinct status, so the supervisor can tell corruption from a bug.
+        logging.getLogger(f"server.{args.role}").error("the segment is corrupt: %s", err)
+        return EXIT_CORRUPT
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -207,7 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--hang-timeout",
         type=float,
         default=defaults.hang_timeout,
-        help="restart a worker without heartbeat for this long (default %(default)s)",
+        help="kill and restart a frozen worker: no heartbeat for this long (default %(default)s)",
+    )
+    run.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout,
+        help="kill the logic process when one request runs this long; its stack is logged "
+        "at half (default %(default)s)",
     )
     run.set_defaults(func=cmd_run)
 

@@ -147,9 +147,12 @@ class Conn:
 class Dispatcher:
     """Turns inbound codes into app calls; the app's replies go to ``outbox``."""
 
-    def __init__(self, app: Any, outbox: Outbox) -> None:
+    def __init__(self, app: Any, outbox: Outbox, requests: memoryview | None = None) -> None:
         self.app = app
         self.outbox = outbox
+        # A one-word counter of requests started (the status board's), so the
+        # watchdog can tell a slow request from a busy stream of quick ones.
+        self.requests = requests
         self.conns: dict[int, Conn] = {}
         self.errors = 0
         self._on_open = getattr(app, "on_open", None)
@@ -162,7 +165,21 @@ class Dispatcher:
             c = self.conns[conn] = Conn(conn, peer, self.outbox)
         return c
 
-    def handle(self, raw: bytes) -> None:
+    @staticmethod
+    def requests_in(raw: bytes) -> list[int]:
+        """The sizes of the requests a code carries: one per frame of a
+        MESSAGE, one (empty) for any other code.  Never raises."""
+        kind, _ = head_of(raw) if len(raw) >= CODE_HEADER else (0, 0)
+        if kind == _MESSAGE:
+            try:
+                return [len(p) for p in payloads(raw[CODE_HEADER:])] or [0]
+            except BadCode:
+                pass
+        return [0]
+
+    def handle(self, raw: bytes, first: int = 0, count: int = -1) -> None:
+        """Run the app on a code; for a MESSAGE, only on its requests
+        ``first .. first + count`` (-1: to the end)."""
         kind, conn = head_of(raw) if len(raw) >= CODE_HEADER else (0, 0)
         if kind == _MESSAGE:  # the hot path, flat
             c = self.conns.get(conn)
@@ -174,15 +191,22 @@ class Dispatcher:
                 self.errors += 1
                 log.error("skipping a bad MESSAGE code from connection %#x: %s", conn, err)
                 return
+            if first or count >= 0:
+                frames = frames[first : None if count < 0 else first + count]
             on_message = self._on_message
+            requests = self.requests
             if on_message is not None:
                 for payload in frames:
+                    if requests is not None:
+                        requests[0] += 1
                     try:
                         on_message(c, payload)
                     except Exception:
                         self.errors += 1
                         log.exception("the app raised handling a message from connection %#x", conn)
             return
+        if first:
+            return  # a code without requests has only "request" 0
         try:
             code = decode(raw)
         except BadCode as err:
@@ -241,3 +265,26 @@ def load_app(spec: str) -> Any:
             f"--app {spec!r}: {attr!r} is not a class or factory", option="--app", value=spec
         )
     return factory
+
+
+def check_app(factory: Any, spec: str) -> None:
+    """Make the app once, as the logic process will, and check that it has
+    handlers: a bad ``--app`` is a clear error before the server listens."""
+    try:
+        app = factory()
+    except Exception as err:
+        raise ConfigError(
+            f"--app {spec!r}: making the app failed: {type(err).__name__}: {err}",
+            option="--app",
+            value=spec,
+        ) from None
+    handlers = [name for name in ("on_open", "on_message", "on_close") if hasattr(app, name)]
+    if not handlers:
+        raise ConfigError(
+            f"--app {spec!r}: the app has none of on_open, on_message, on_close",
+            option="--app",
+            value=spec,
+        )
+    for name in handlers:
+        if not callable(getattr(app, name)):
+            raise ConfigError(f"--app {spec!r}: {name} is not callable", option="--app", value=spec)

@@ -359,3 +359,12 @@ class ClientTable:
                     "connection %#x: %d reply bytes could not be written", c.conn, len(c.out)
                 )
             self.close(c, reason)
+
+    def warn_unsent(self) -> None:
+        """At the very end: say what could not be handed to the logic process."""
+        if self.backlog:
+            log.warning(
+                "%d CLOSED code(s) did not fit in the inbound queue: the app is not told "
+                "that those connections closed",
+                len(self.backlog),
+            )

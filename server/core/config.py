@@ -34,7 +34,8 @@ class ServerConfig:
     idle_timeout: float = 300.0  # seconds without input before a client is closed; 0: never
     out_buffer: int = 1024 * 1024  # unread reply bytes before reading from a client pauses
     send_timeout: float = 30.0  # seconds a client may leave replies unread before it is closed
-    hang_timeout: float = 5.0  # seconds without a heartbeat before a worker is killed
+    hang_timeout: float = 5.0  # seconds without a heartbeat before a worker is killed (frozen)
+    request_timeout: float = 30.0  # seconds one request may run before the logic process is killed
     full_message: str = "server full: too many connections"
 
     def validate(self) -> ServerConfig:
@@ -69,6 +70,8 @@ class ServerConfig:
             raise bad("--send-timeout", self.send_timeout, "seconds > 0")
         if self.hang_timeout <= 0:
             raise bad("--hang-timeout", self.hang_timeout, "seconds > 0")
+        if self.request_timeout <= 0:
+            raise bad("--request-timeout", self.request_timeout, "seconds > 0")
         return self
 
     @property

@@ -35,9 +35,12 @@ from typing import Any
 
 from .app import Dispatcher, Outbox
 from .codering import CodeRing
+from .codes import HEADER_SIZE as CODE_HEADER
+from .codes import head_of
 from .framing import Framing, LengthFraming
 from .journal import Pace, StepJournal
 from .ring import RECORD_HEADER
+from .status import WorkerMeter
 
 log = logging.getLogger("server.logic")
 
@@ -47,9 +50,11 @@ BATCH_BYTES = 256 * 1024
 
 class LogicStepper:
     """Runs steps; returns from ``step()`` how many codes it consumed,
-    0 when none is pending, BLOCKED when replies wait for outbound room."""
+    0 when none is pending, BLOCKED when replies wait for outbound room,
+    PARTIAL when one request of a code was answered (careful mode)."""
 
     BLOCKED = -1
+    PARTIAL = -2
 
     def __init__(
         self,
@@ -59,15 +64,21 @@ class LogicStepper:
         app: Any,
         framing: Framing | None = None,
         after_publish: Callable[[int], None] | None = None,
+        meter: WorkerMeter | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.inbound = inbound
         self.outbound = outbound
         self.journal = journal
         framing = framing or LengthFraming()
         self.outbox = Outbox(limit=outbound.capacity, encode_frame=framing.encode)
-        self.dispatcher = Dispatcher(app, self.outbox)
+        self.meter = meter
+        self.clock = clock or (lambda: 0.0)
+        self.dispatcher = Dispatcher(app, self.outbox, meter.requests if meter else None)
         self.soft_limit = outbound.capacity // 4
-        self.held: tuple[list[bytes], int, int, int] | None = None  # codes, size, H, n
+        # replies, their size, the inbound head after them, codes consumed,
+        # and (careful mode, inside a code) the next request, else 0
+        self.held: tuple[list[bytes], int, int, int, int] | None = None
         self.set_aside = 0
         # Called with the step number between publishing a step's replies
         # and consuming its codes: the process shell's fault injection.
@@ -81,33 +92,20 @@ class LogicStepper:
     def step(self) -> int:
         if self.held is not None:
             return self._publish()
-        inbound, journal = self.inbound, self.journal
-        head = inbound.head
-        pace = journal.pace(head)
-        if pace is Pace.SET_ASIDE:
-            codes, end = inbound.peek_many(1)
-            inbound.commit_head(end, 1)
-            journal.set_aside()
-            journal.succeeded(end)
-            self.set_aside += 1
-            log.error(
-                "set aside a code of %d bytes at inbound position %d: the logic process died "
-                "on it %d times (a poison code); its requests (one read from one connection) "
-                "get no reply; going on without it",
-                len(codes[0]) if codes else 0,
-                head,
-                journal.attempts,
-            )
-            return 1
-        codes, end = inbound.peek_many(1 if pace is Pace.CAREFUL else BATCH_CODES, BATCH_BYTES)
+        head = self.inbound.head
+        if self.journal.pace(head) is Pace.BATCH:
+            return self._batch(head)
+        return self._careful(head)
+
+    def _batch(self, head: int) -> int:
+        codes, end = self.inbound.peek_many(BATCH_CODES, BATCH_BYTES)
         if not codes:
             return 0
-        attempt = journal.begin(head, end)
-        if attempt > 1:
-            log.warning("attempt %d at inbound position %d, one code at a time", attempt, head)
+        self.journal.begin(head, end)
         outbox = self.outbox
         outbox.clear()
         handle = self.dispatcher.handle
+        self._busy(0)
         pos = head
         n = 0
         for code in codes:
@@ -116,24 +114,97 @@ class LogicStepper:
             n += 1
             if outbox.size >= self.soft_limit:
                 break
+        self._busy(None)
         replies, size = outbox.take()
-        self.held = (replies, size, pos, n)
+        self.held = (replies, size, pos, n, 0)
         return self._publish()
+
+    def _careful(self, head: int) -> int:
+        """One request of the code at ``head``: a step here crashed before."""
+        codes, end = self.inbound.peek_many(1)
+        if not codes:
+            return 0
+        code = codes[0]
+        journal = self.journal
+        sizes = Dispatcher.requests_in(code)
+        k = min(journal.frames_done(head, self.outbound.tail), len(sizes) - 1)
+        last = k == len(sizes) - 1
+        conn = head_of(code)[1] if len(code) >= CODE_HEADER else 0
+        if journal.pace(head, k) is Pace.SET_ASIDE:
+            attempts = journal.attempts
+            journal.set_aside(conn, sizes[k])
+            self.set_aside += 1
+            log.error(
+                "set aside request %d of %d (%d bytes) from connection %#x at inbound position "
+                "%d: the logic process died on it %d times (a poison request); it gets no "
+                "reply; going on without it",
+                k + 1,
+                len(sizes),
+                sizes[k],
+                conn,
+                head,
+                attempts,
+            )
+            replies: list[bytes] = []
+            size = 0
+        else:
+            attempt = journal.begin(head, end, k)
+            if attempt > 1:
+                log.warning(
+                    "attempt %d at request %d of %d from connection %#x (inbound position %d), "
+                    "one request at a time",
+                    attempt,
+                    k + 1,
+                    len(sizes),
+                    conn,
+                    head,
+                )
+            self.outbox.clear()
+            self._busy(conn)
+            self.dispatcher.handle(code, k, 1)
+            self._busy(None)
+            replies, size = self.outbox.take()
+        if last:
+            self.held = (replies, size, end, 1, 0)
+        else:
+            self.held = (replies, size, head, 0, k + 1)
+        return self._publish()
+
+    def _busy(self, conn: int | None) -> None:
+        """Tell the watchdog a step runs the app (``conn``: for whom), or no longer."""
+        m = self.meter
+        if m is not None:
+            if conn is None:
+                m.busy_since[0] = 0
+            else:
+                m.busy_conn[0] = conn
+                m.busy_since[0] = int(self.clock() * 1000) or 1
 
     def _publish(self) -> int:
         assert self.held is not None
-        replies, size, in_head, n = self.held
+        replies, size, in_head, n, part = self.held
         outbound = self.outbound
         if outbound.room() < size:
             return self.BLOCKED
+        if part:  # one request of a code: its replies out, the code stays
+            self.journal.record_part(outbound.tail + size, in_head, part)
+            self._push(replies)
+            self.journal.confirm_part()
+            self.held = None
+            return self.PARTIAL
         self.journal.record(outbound.tail + size, in_head, n)
-        pushed = outbound.push_many(replies)
-        if pushed != len(replies):  # cannot happen: the room was checked
-            raise RuntimeError(f"published {pushed} of {len(replies)} replies")
+        self._push(replies)
         self.steps += 1
         if self.after_publish is not None:
             self.after_publish(self.steps)
         self.inbound.commit_head(in_head, n)
         self.journal.succeeded(in_head)
         self.held = None
+        if self.meter is not None:
+            self.meter.progress[0] += n
         return n
+
+    def _push(self, replies: list[bytes]) -> None:
+        pushed = self.outbound.push_many(replies)
+        if pushed != len(replies):  # cannot happen: the room was checked
+            raise RuntimeError(f"published {pushed} of {len(replies)} replies")

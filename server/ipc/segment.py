@@ -22,12 +22,15 @@ workers attach to it and validate what they find.
 
 from __future__ import annotations
 
+import contextlib
+
 from ..core.config import ServerConfig
 from ..core.conntable import ConnTable
 from ..core.header import HEADER_SIZE, StartMode, align_up
 from ..core.journal import StepJournal
 from ..core.placed import InSegment
 from ..core.status import StatusBoard
+from ..errors import CorruptSegment
 from .codequeue import CodeQueue
 from .shm import SharedMemory, SHMFactory
 
@@ -92,6 +95,19 @@ class ServerSegment:
     def attach(cls, cfg: ServerConfig) -> ServerSegment:
         """A worker's start: the supervisor made the segment ready."""
         return cls(SHMFactory.attach(cfg.key), cfg)
+
+    def losses(self) -> str:
+        """What re-initialising would throw away, in words (best effort: the
+        segment may be corrupt)."""
+        parts = []
+        for name in ("inbound", "outbound"):
+            try:
+                parts.append(f"{getattr(self, name).stats()['pending']} codes pending {name}")
+            except (CorruptSegment, ValueError):
+                parts.append(f"the {name} queue (unreadable)")
+        with contextlib.suppress(ValueError):
+            parts.append(f"{self.conns.count_open()} open connections")
+        return ", ".join(parts)
 
     @property
     def start_mode(self) -> StartMode:

@@ -164,6 +164,18 @@ class SHMFactory:
         return others
 
     @staticmethod
+    def snapshot(key: int) -> bytes:
+        """A copy of every byte of segment ``key`` (owner and mode checked
+        as for ``attach``; the header is not read, so a corrupt one works)."""
+        seg = _attach(key)
+        if seg is None:
+            raise SegmentError(f"no segment with key {key_text(key)}", key=key)
+        try:
+            return bytes(memoryview(seg))
+        finally:
+            seg.detach()
+
+    @staticmethod
     def exists(key: int) -> bool:
         try:
             sysv_ipc.SharedMemory(key, 0).detach()

@@ -5,16 +5,31 @@
 * ``Parent``: has the process that started us gone (we were re-parented)?
   A worker stops then instead of living on as an orphan.
 * ``exit_text``: a child's exit status in words, with the signal's name.
+* ``Heartbeat``: the small thread that beats for a worker (seed 001's
+  heartbeat sequence number).  It beats while the worker's loop turns, and
+  also while the app runs one long request, so only a *frozen* process
+  (SIGSTOP, a deadlock, a C call holding the GIL) stops beating; a slow
+  request is the watchdog's other verdict (``server.core.watchdog``).
+* ``enable_stack_dumps``: SIGUSR1 makes the worker write the Python stack
+  of every thread to its log (``faulthandler``: it works even while the
+  main thread holds the GIL), so a kill for hanging says where it hung.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
+import sys
+import threading
+import time
 
+from ..core.status import WorkerMeter
 from ..core.supervision import describe_exit
 
 TICK = 0.5
+BEAT = 0.1  # the heartbeat thread's period
+STACK_SIGNAL = signal.SIGUSR1
 
 
 class Parent:
@@ -37,3 +52,47 @@ def signal_name(number: int) -> str:
 def exit_text(returncode: int) -> str:
     """``Popen.returncode`` in words: ``exited with status 1``, ``killed by SIGKILL``."""
     return describe_exit(returncode, signal_name(-returncode) if returncode < 0 else "")
+
+
+def enable_stack_dumps() -> None:
+    """On SIGUSR1, write every thread's Python stack to stderr (the log)."""
+    faulthandler.register(STACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+
+
+def monotonic_ms() -> int:
+    """CLOCK_MONOTONIC in ms: one clock for every process of the machine."""
+    return int(time.monotonic() * 1000)
+
+
+class Heartbeat:
+    """Beats ``meter.heartbeat`` every ``BEAT`` seconds from a daemon thread,
+    as long as the worker's loop has turned since the last beat (``turns``,
+    bumped by the loop) or a request is running (``meter.busy_since``)."""
+
+    def __init__(self, meter: WorkerMeter, period: float = BEAT) -> None:
+        self.meter = meter
+        self.period = period
+        self.turns = 0  # the loop does ``heartbeat.turns += 1`` each turn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        self.meter.heartbeat[0] += 1
+        self.meter.beat_at[0] = monotonic_ms()
+
+    def _run(self) -> None:
+        seen = -1
+        while not self._stop.wait(self.period):
+            if self.turns != seen or self.meter.busy_since[0]:
+                seen = self.turns
+                self._beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(1.0)

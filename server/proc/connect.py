@@ -38,7 +38,7 @@ from ..core.config import ServerConfig
 from ..core.status import Role
 from ..ipc.codequeue import GRACE
 from ..ipc.segment import ServerSegment
-from .common import TICK, Parent
+from .common import TICK, Heartbeat, Parent, enable_stack_dumps
 
 log = logging.getLogger("server.connect")
 
@@ -59,7 +59,8 @@ class ConnectProcess:
     def __init__(self, cfg: ServerConfig, seg: ServerSegment, listener: socket.socket) -> None:
         self.inbound = seg.inbound
         self.outbound = seg.outbound
-        self.heartbeat = seg.status.heartbeat_word(Role.CONNECT)
+        self.heartbeat = Heartbeat(seg.status.meter(Role.CONNECT))
+        self.progress = self.heartbeat.meter.progress  # codes delivered, for the watchdog
         self.table = ClientTable(cfg, seg.conns, seg.status, self._release)
         self.listener = listener
         listener.setblocking(False)
@@ -80,13 +81,13 @@ class ConnectProcess:
         self.sel.register(self.outbound.fileno(), selectors.EVENT_READ, _DOORBELL)
         self.update_listener()
         signal.signal(signal.SIGTERM, self._on_term)
-        hb, hbi = self.heartbeat
+        heartbeat = self.heartbeat
         parent = Parent()
         table = self.table
         next_timers = self.now + 1.0
         stop_deadline = 0.0
         while True:
-            hb[hbi] += 1
+            heartbeat.turns += 1
             self.deliver()
             if table.backlog:
                 self.push()
@@ -139,6 +140,7 @@ class ConnectProcess:
     def deliver(self) -> None:
         codes = self.outbound.pop_many(OUT_CODES_PER_TURN, 1 << 20)
         if codes:
+            self.progress[0] += len(codes)
             for c in self.table.deliver(codes):
                 if self.table.is_open(c):
                     self.flush(c)
@@ -232,28 +234,25 @@ class ConnectProcess:
     def finish_stop(self) -> None:
         self.table.close_all("server stopping")
         self.push()
-        if self.table.backlog:
-            log.warning(
-                "%d CLOSED code(s) did not fit in the inbound queue: the app is not told "
-                "that those connections closed",
-                len(self.table.backlog),
-            )
+        self.table.warn_unsent()
         self.sel.close()
         log.info("stopped")
 
 
 def main(cfg: ServerConfig, listen_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    enable_stack_dumps()
     listener = socket.socket(fileno=listen_fd)
     seg = ServerSegment.attach(cfg)
+    proc = ConnectProcess(cfg, seg, listener)
     try:
-        proc = ConnectProcess(cfg, seg, listener)
+        host, port = listener.getsockname()[:2]
         log.info(
-            "started: clients on %s:%d, %d codes waiting outbound",
-            *listener.getsockname()[:2],
-            len(seg.outbound),
+            "started: clients on %s:%d, %d codes waiting outbound", host, port, len(seg.outbound)
         )
+        proc.heartbeat.start()
         proc.run()
     finally:
+        proc.heartbeat.stop()
         seg.detach()
     return 0

@@ -29,7 +29,7 @@ from ..core.framing import Framing, make_framing
 from ..core.status import Role
 from ..core.stepper import LogicStepper
 from ..ipc.segment import ServerSegment
-from .common import TICK, Parent
+from .common import TICK, Heartbeat, Parent, enable_stack_dumps
 
 log = logging.getLogger("server.logic")
 
@@ -59,18 +59,30 @@ def main(cfg: ServerConfig) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
+    enable_stack_dumps()
     app = load_app(cfg.app)()
     seg = ServerSegment.attach(cfg)
+    heartbeat = Heartbeat(seg.status.meter(Role.LOGIC)).start()
     try:
-        return _run(seg, app, stop, make_framing(cfg.framing, cfg.max_frame))
+        return _run(seg, app, stop, make_framing(cfg.framing, cfg.max_frame), heartbeat)
     finally:
+        heartbeat.stop()
         seg.detach()
 
 
-def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing) -> int:
+def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing, heartbeat: Heartbeat) -> int:
     inbound, outbound, status = seg.inbound, seg.outbound, seg.status
     hook = crash_after_step(int(os.environ.get(CRASH_ENV) or 0))
-    stepper = LogicStepper(inbound.ring, outbound.ring, seg.journal, app, framing, hook)
+    stepper = LogicStepper(
+        inbound.ring,
+        outbound.ring,
+        seg.journal,
+        app,
+        framing,
+        hook,
+        meter=heartbeat.meter,
+        clock=time.monotonic,
+    )
     finished = stepper.recover()
     inbound.recover_consumer()
     outbound.recover_producer()
@@ -82,18 +94,17 @@ def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing) -> int:
         if finished
         else "",
     )
-    hb, hbi = status.heartbeat_word(Role.LOGIC)
     parent = Parent()
     errors_reported = 0
     backoff = 0.0
     while True:
-        hb[hbi] += 1
+        heartbeat.turns += 1
         done = stepper.step()
         errors = stepper.dispatcher.errors
         if errors != errors_reported:
             status.add("app_errors", errors - errors_reported)
             errors_reported = errors
-        if done > 0:
+        if done > 0 or done == LogicStepper.PARTIAL:
             backoff = 0.0
             continue
         if done == LogicStepper.BLOCKED:

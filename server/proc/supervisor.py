@@ -4,100 +4,61 @@
 
 1. binds the listening socket (so a busy port fails before anything else);
 2. makes the segment: INIT when it is new, RECOVER when an earlier run left
-   it (its pending codes are then processed by the new workers);
+   it (its pending codes are then processed by the new workers); a segment
+   found corrupt is saved to a file and re-initialised, with a warning;
 3. starts the connect process (handing it the listening socket) and the
    logic process, each a fresh interpreter: ``python -m server worker ROLE``;
-4. watches them: a worker that exits or is killed is restarted after a
-   back-off; one whose heartbeat word stops moving for ``hang_timeout``
-   seconds is killed with SIGKILL and restarted.  Each restart and its
-   reason go to the log and to the status board (``inspect`` shows them);
-5. on SIGINT or SIGTERM stops gracefully: the connect process first (no new
+4. watches them four times a second and lets the watchdog decide
+   (``server.core.watchdog``): a dead worker is restarted (at once if it had
+   made progress), a hung or slow one has its Python stack written to the
+   log and is killed, a worker that twice found the segment corrupt gets it
+   saved and re-initialised.  Each restart and its reason go to the log and
+   to the status board (``inspect`` shows them), and to systemd when it
+   watches us (``server.proc.notify``);
+5. on SIGINT or SIGTERM stops gracefully (the phases are in
+   ``server.core.supervision``): the connect process first (no new
    connections or requests; queued replies are written), then the logic
    process once it has consumed every inbound code.  The segment stays, so
    the next ``run`` recovers.  A second signal stops at once.
-
-The decisions (back-off, hang detection, the phases of a stop) are pure, in
-``server.core.supervision``; this module observes the workers and acts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
-import resource
 import select
 import signal
 import socket
-import subprocess
-import sys
 import time
 from typing import Any
 
 from ..core.config import ServerConfig
 from ..core.header import StartMode
-from ..core.status import Reason, Role, StatusBoard
-from ..core.supervision import Backoff, HangWatch, StopEvent, StopPhase, next_phase
-from ..errors import CannotListen, ConfigError, SegmentInUse
+from ..core.status import Reason, Role, StatusBoard, WorkerState
+from ..core.supervision import StopEvent, StopPhase, next_phase
+from ..core.watchdog import Act, Action, Verdict, Watchdog
+from ..errors import CannotListen, CorruptSegment, SegmentInUse
 from ..ipc.segment import ServerSegment
 from ..ipc.shm import SHMFactory
-from .common import exit_text
+from .common import monotonic_ms, signal_name
+from .notify import SystemdNotifier
+from .workers import Worker, exit_reason, frozen, save_copy, stack_dump
 
 log = logging.getLogger("server.supervisor")
 
 CHECK_INTERVAL = 0.25
-_STOPPING = (StopPhase.STOPPING_CONNECT, StopPhase.STOPPING_LOGIC)
 STOP_TIMEOUT = 10.0  # per worker, then SIGKILL
-
-
-@dataclasses.dataclass
-class Worker:
-    role: Role
-    backoff: Backoff = dataclasses.field(default_factory=Backoff)
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    watch: HangWatch | None = None
-    restart_at: float | None = 0.0  # None: not to be restarted
-    reason: Reason = Reason.FIRST_START
-    detail: int = 0
-    hung: bool = False
-    stop_requested: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.role.name.lower()
-
-
-def exit_reason(returncode: int) -> tuple[Reason, int, str]:
-    """How a worker ended: the Reason and detail for the status board, and words for the log."""
-    if returncode < 0:
-        return Reason.KILLED, -returncode, exit_text(returncode)
-    return Reason.EXITED, returncode, exit_text(returncode)
-
-
-def raise_fd_limit(cfg: ServerConfig) -> None:
-    """The connect process needs a descriptor per client; raise the soft
-    limit when the hard one allows it, otherwise say what to do."""
-    needed = cfg.fds_needed
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed or soft == resource.RLIM_INFINITY:
-        return
-    if hard == resource.RLIM_INFINITY or hard >= needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-        return
-    raise ConfigError(
-        f"--max-conns {cfg.max_conns} needs {needed} file descriptors but this shell "
-        f"allows {hard} (ulimit -n); lower --max-conns or raise the limit",
-        option="--max-conns",
-        value=cfg.max_conns,
-    )
+_STOPPING = (StopPhase.STOPPING_CONNECT, StopPhase.STOPPING_LOGIC)
+_VERDICT_REASON = {Verdict.HUNG: Reason.HUNG, Verdict.SLOW: Reason.SLOW}
 
 
 class Supervisor:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.workers = {r: Worker(r) for r in (Role.LOGIC, Role.CONNECT)}
+        self.watchdog = Watchdog(cfg.hang_timeout, cfg.request_timeout, signal_name=signal_name)
+        self.notify = SystemdNotifier.from_environment()
         self.stop_phase = StopPhase.RUNNING
         self.stop_signals = 0
         self.phase_deadline = 0.0
@@ -116,9 +77,20 @@ class Supervisor:
                 port=cfg.port,
             ) from None
         self.address = self.listener.getsockname()[:2]
-        self.seg = ServerSegment.create(cfg)
-        self.status: StatusBoard = self.seg.status
-        self.beat, self.beat_index = self.status.heartbeat_word(Role.SUPERVISOR)
+        try:
+            self.seg = ServerSegment.create(cfg)
+        except CorruptSegment as err:
+            path = save_copy(cfg.key)
+            log.warning(
+                "the segment 0x%08x is corrupt (%s): saved a copy to %s; re-initialising it, "
+                "whatever it held is lost",
+                cfg.key,
+                err,
+                path,
+            )
+            SHMFactory.remove(cfg.key)
+            self.seg = ServerSegment.create(cfg)
+        self.board(self.seg.status)
         recovered = self.seg.start_mode is StartMode.RECOVER
         self.status.started(
             Role.SUPERVISOR, os.getpid(), Reason.RECOVERED if recovered else Reason.FIRST_START
@@ -136,6 +108,11 @@ class Supervisor:
         else:
             log.info("start mode INIT: a new segment 0x%08x", cfg.key)
 
+    def board(self, status: StatusBoard) -> None:
+        self.status = status
+        self.meter = status.meter(Role.SUPERVISOR)
+        status.supervisor_started()
+
     def refuse_if_running(self) -> None:
         others = SHMFactory.attached_elsewhere(self.cfg.key)
         if others > 0:
@@ -147,21 +124,10 @@ class Supervisor:
             )
 
     def spawn(self, w: Worker, now: float) -> None:
-        verbose = ["-v"] if log.isEnabledFor(logging.DEBUG) else []
-        cmd = [sys.executable, "-m", "server", *verbose, "worker", w.name]
-        cmd += ["--config", self.cfg.to_json()]
-        fds: tuple[int, ...] = ()
-        if w.role is Role.CONNECT:
-            fds = (self.listener.fileno(),)
-            cmd += ["--listen-fd", str(fds[0])]
-        # Its own process group: a Ctrl-C in the terminal reaches only us, and we
-        # stop the workers in order.
-        w.proc = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL, process_group=0)
-        w.started_at = now
-        w.watch = HangWatch(self.cfg.hang_timeout, now)
-        w.restart_at = None
-        w.hung = False
+        w.start(self.cfg, self.listener, verbose=log.isEnabledFor(logging.DEBUG))
+        assert w.proc is not None
         self.status.started(w.role, w.proc.pid, w.reason, w.detail)
+        self.watchdog.started(w.role, now, self.status.progress(w.role))
         if w.reason is Reason.FIRST_START:
             log.info("started the %s process, pid %d", w.name, w.proc.pid)
         else:
@@ -172,6 +138,7 @@ class Supervisor:
                 self.status.restarts(w.role),
                 w.reason.describe(w.detail),
             )
+            self.notify.status(f"restarted the {w.name} process ({w.reason.describe(w.detail)})")
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -185,6 +152,7 @@ class Supervisor:
             for w in self.workers.values():
                 self.spawn(w, now)
             print(f"listening on {self.address[0]}:{self.address[1]}", flush=True)
+            self.notify.ready(f"listening on {self.address[0]}:{self.address[1]}")
             while self.stop_phase is not StopPhase.DONE:
                 select.select([wake_r], [], [], CHECK_INTERVAL)  # signals write to wake_w
                 with contextlib.suppress(BlockingIOError):
@@ -204,16 +172,21 @@ class Supervisor:
         self.stop_signals += 1
 
     def check(self, now: float) -> None:
-        self.beat[self.beat_index] += 1
+        self.meter.heartbeat[0] += 1
+        self.meter.beat_at[0] = monotonic_ms()
+        self.notify.watchdog(now)
         if self.stop_signals and self.stop_phase is StopPhase.RUNNING:
             log.info("stop requested: stopping the connect process first")
+            self.notify.stopping()
             self.advance(StopEvent.STOP_REQUESTED, now)
         elif self.stop_signals > 1 and self.stop_phase is not StopPhase.DONE:
             log.warning("second stop request: killing the workers now")
             self.advance(StopEvent.SECOND_REQUEST, now)
             return
+        self.watch(now)
         for w in self.workers.values():
-            self.check_worker(w, now)
+            if w.proc is None and w.restart_at is not None and now >= w.restart_at:
+                self.spawn(w, now)
         connect, logic = self.workers[Role.CONNECT], self.workers[Role.LOGIC]
         if self.stop_phase is StopPhase.STOPPING_CONNECT and connect.proc is None:
             log.info("connect process stopped; stopping the logic process once its queue is empty")
@@ -223,7 +196,7 @@ class Supervisor:
         elif self.stop_phase in _STOPPING and now > self.phase_deadline:
             w = connect if self.stop_phase is StopPhase.STOPPING_CONNECT else logic
             log.warning("the %s process did not stop in %.0f s: killing it", w.name, STOP_TIMEOUT)
-            self.kill(w)
+            w.kill()
 
     def advance(self, event: StopEvent, now: float) -> None:
         """Move the stop to its next phase and do what entering it means."""
@@ -234,7 +207,7 @@ class Supervisor:
             self.begin_stop(self.workers[Role.LOGIC], now)
         elif self.stop_phase is StopPhase.DONE and event is StopEvent.SECOND_REQUEST:
             for w in self.workers.values():
-                self.kill(w)
+                w.kill()
                 w.restart_at = None
 
     def begin_stop(self, w: Worker, now: float) -> None:
@@ -244,55 +217,109 @@ class Supervisor:
         if w.proc is not None:
             w.proc.send_signal(signal.SIGTERM)
 
-    def check_worker(self, w: Worker, now: float) -> None:
-        if w.proc is not None:
+    # -- the watchdog ----------------------------------------------------------------------
+    def watch(self, now: float) -> None:
+        seen = {}
+        for w in self.workers.values():
+            if w.proc is None:
+                continue
             code = w.proc.poll()
-            if code is None:
-                assert w.watch is not None
-                if not w.hung and w.watch.hung(self.status.heartbeat(w.role), now):
-                    w.hung = True
-                    log.error(
-                        "the %s process (pid %d) is hung: no heartbeat for %.1f s; killing it",
-                        w.name,
-                        w.proc.pid,
-                        w.watch.stalled_for(self.status.heartbeat(w.role), now),
-                    )
-                    w.proc.kill()
-                return
-            self.exited(w, code, now)
-        if w.restart_at is not None and now >= w.restart_at:
-            self.spawn(w, now)
+            if code is not None and (w.stop_requested or self.stop_phase is StopPhase.DONE):
+                self.stopped(w, code)
+                continue
+            seen[w.role] = w.seen(self.status, code, frozen(w.proc.pid) if code is None else False)
+        for action in self.watchdog.check(now, seen):
+            self.carry_out(action, now)
 
-    def exited(self, w: Worker, code: int, now: float) -> None:
+    def carry_out(self, action: Action, now: float) -> None:
+        w = self.workers[action.role]
+        pid = w.proc.pid if w.proc is not None else 0
+        if action.act is Act.WARN_SLOW:
+            log.warning(
+                "the %s process (pid %d): %s; %s", w.name, pid, action.reason, stack_dump(w)
+            )
+        elif action.act is Act.DUMP:
+            log.error(
+                "the %s process (pid %d) is %s; %s, then it is killed",
+                w.name,
+                pid,
+                action.reason,
+                stack_dump(w),
+            )
+        elif action.act is Act.KILL:
+            log.error("killing the %s process (pid %d): %s", w.name, pid, action.reason)
+            w.kill()
+        else:  # RESTART or REINIT: it exited
+            assert w.proc is not None
+            code = w.proc.returncode
+            w.proc = None
+            if action.verdict in _VERDICT_REASON:
+                w.reason = _VERDICT_REASON[action.verdict]
+                timeout = self.cfg.hang_timeout if action.verdict is Verdict.HUNG else None
+                w.detail = int(timeout or self.cfg.request_timeout)
+            else:
+                w.reason, w.detail, _ = exit_reason(code)
+            w.restart_at = now + action.delay
+            state = WorkerState.BACKING_OFF if action.delay else WorkerState.RESTARTING
+            self.status.stopped(w.role, state)
+            when = (
+                f"in {action.delay:.1f} s (no progress since its start)" if action.delay else "now"
+            )
+            log.warning(
+                "the %s process (pid %d) ended: %s; restarting it %s",
+                w.name,
+                pid,
+                action.reason,
+                when,
+            )
+            if action.act is Act.REINIT:
+                self.reinit(w, now)
+
+    def reinit(self, culprit: Worker, now: float) -> None:
+        """The worker found the segment corrupt twice in a row: save it,
+        re-initialise it, and start every worker again on the new one."""
+        for w in self.workers.values():
+            w.kill()
+            if w.proc is not None:
+                w.proc.wait(5)
+                w.proc = None
+            w.reason, w.detail, w.restart_at = Reason.REINIT, 0, now
+            self.watchdog.forget(w.role)
+        path = save_copy(self.cfg.key)
+        lost = self.seg.losses()
+        self.seg.detach()
+        SHMFactory.remove(self.cfg.key)
+        self.seg = ServerSegment.create(self.cfg)
+        self.board(self.seg.status)
+        self.status.started(Role.SUPERVISOR, os.getpid(), Reason.REINIT)
+        log.warning(
+            "the %s process found the segment corrupt twice in a row: saved a copy to %s and "
+            "re-initialised it (lost: %s); client connections are closed",
+            culprit.name,
+            path,
+            lost,
+        )
+
+    def stopped(self, w: Worker, code: int) -> None:
         assert w.proc is not None
         pid = w.proc.pid
         w.proc = None
         self.status.stopped(w.role)
-        if w.hung:
-            reason, detail, text = Reason.HUNG, int(self.cfg.hang_timeout), "hung, and killed"
+        self.watchdog.forget(w.role)
+        if code == 0:
+            log.info("the %s process (pid %d) stopped", w.name, pid)
         else:
-            reason, detail, text = exit_reason(code)
-        if w.stop_requested or self.stop_phase is StopPhase.DONE:
-            if code == 0:
-                log.info("the %s process (pid %d) stopped", w.name, pid)
-            else:
-                log.warning("the %s process (pid %d) ended while stopping: %s", w.name, pid, text)
-            return
-        w.reason, w.detail = reason, detail
-        delay = w.backoff.next_delay(now - w.started_at)
-        w.restart_at = now + delay
-        log.warning(
-            "the %s process (pid %d) ended: %s; restarting it in %.1f s", w.name, pid, text, delay
-        )
-
-    def kill(self, w: Worker) -> None:
-        if w.proc is not None and w.proc.poll() is None:
-            w.proc.kill()
+            log.warning(
+                "the %s process (pid %d) ended while stopping: %s",
+                w.name,
+                pid,
+                exit_reason(code)[2],
+            )
 
     def close(self) -> None:
         for w in self.workers.values():
             if w.proc is not None:
-                self.kill(w)
+                w.kill()
                 w.proc.wait(5)
                 w.proc = None
         if hasattr(self, "listener"):
