@@ -16,7 +16,6 @@ from server.core.ring import region_size as ring_size
 from server.core.status import REGION_SIZE as STATUS_SIZE
 from server.core.status import Reason, Role, StatusBoard
 from server.core.stepper import LogicStepper
-from server.core.supervision import Backoff, HangWatch
 
 
 def test_connection_ids_carry_a_generation_that_survives_reloading() -> None:
@@ -141,21 +140,6 @@ def test_app_errors_are_counted_and_the_rest_goes_on() -> None:
     codes, size = outbox.take()
     assert [decode(c).body for c in codes] == [b"ok1ok2"]  # as is: no framing given
     assert size == len(codes[0]) + 4
-
-
-def test_backoff_grows_for_quick_deaths_and_resets_after_a_stable_run() -> None:
-    b = Backoff(first=0.1, most=1.0, stable=10)
-    assert [b.next_delay(0.5) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-    assert b.next_delay(30) == 0.1
-
-
-def test_hang_watch_needs_a_still_heartbeat_for_the_whole_timeout() -> None:
-    w = HangWatch(timeout=5, now=0)
-    assert not w.hung(1, 0)
-    assert not w.hung(1, 4.9)
-    assert not w.hung(2, 6)  # it moved
-    assert not w.hung(2, 10.9)
-    assert w.hung(2, 11)
 
 
 @pytest.mark.parametrize(

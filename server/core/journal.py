@@ -170,14 +170,18 @@ class StepJournal(InSegment):
         """Request ``next_frame - 1`` of the code at ``head`` ran; its
         replies take the outbound tail to ``out_tail``.  Before publishing."""
         w = self._w
+        for word, value in self.part_writes(out_tail, head, next_frame):
+            w[word] = value
+
+    def part_writes(self, out_tail: int, head: int, next_frame: int) -> list[tuple[int, int]]:
+        """The stores of ``record_part``, in their order (a list, so a test can
+        stop after any of them, as a crash would)."""
+        w = self._w
         if w[_PART_HEAD] == head:
-            w[_PART_NEXT] = w[_PART_DONE]
+            first = [(_PART_NEXT, w[_PART_DONE])]  # the old intent is void first
         else:
-            w[_PART_DONE] = 0
-            w[_PART_NEXT] = 0
-            w[_PART_HEAD] = head
-        w[_PART_TAIL] = out_tail
-        w[_PART_NEXT] = next_frame  # last: now the record means something
+            first = [(_PART_DONE, 0), (_PART_NEXT, 0), (_PART_HEAD, head)]
+        return [*first, (_PART_TAIL, out_tail), (_PART_NEXT, next_frame)]  # next: last
 
     def confirm_part(self) -> None:
         """The replies recorded by ``record_part`` are published."""

@@ -1,13 +1,9 @@
-"""The supervisor's decisions (pure: numbers and a clock in, decisions out).
+"""The supervisor's decisions about stopping, and the words for an exit (pure).
 
 The supervisor process (``server.proc.supervisor``) only observes and acts:
-it reads heartbeat counters and exit statuses, asks these classes what to
-do, and does it.  Time is always passed in (``time.monotonic()`` in the
-process, a plain number in the tests), so every decision is tested without
-sleeping.
+it asks what to do, and does it.  Its watchdog's decisions (dead, hung or
+slow, and when to restart) are in ``server.core.watchdog``; this module has
 
-* ``Backoff``: how long to wait before restarting a worker that died.
-* ``HangWatch``: has a worker's heartbeat stopped moving for too long?
 * ``StopPhase``: the graceful stop, as states and a transition table (the
   h11 ``_state.py`` manner): the connect process stops first (no new
   connections or requests; queued replies are written), then the logic
@@ -29,40 +25,6 @@ sleeping.
 from __future__ import annotations
 
 import enum
-
-
-class Backoff:
-    """Restart delays: ``first`` doubling up to ``most`` while a worker keeps
-    dying soon after its start; back to ``first`` once one lived ``stable`` s."""
-
-    def __init__(self, first: float = 0.1, most: float = 5.0, stable: float = 10.0) -> None:
-        self.first, self.most, self.stable = first, most, stable
-        self.delay = 0.0
-
-    def next_delay(self, lived: float) -> float:
-        if lived >= self.stable or not self.delay:
-            self.delay = self.first
-        else:
-            self.delay = min(self.most, self.delay * 2)
-        return self.delay
-
-
-class HangWatch:
-    """A worker is hung when its heartbeat has not moved for ``timeout`` s."""
-
-    def __init__(self, timeout: float, now: float) -> None:
-        self.timeout = timeout
-        self.last_beat: int | None = None
-        self.since = now
-
-    def stalled_for(self, beat: int, now: float) -> float:
-        if beat != self.last_beat:
-            self.last_beat = beat
-            self.since = now
-        return now - self.since
-
-    def hung(self, beat: int, now: float) -> bool:
-        return self.stalled_for(beat, now) >= self.timeout
 
 
 class StopPhase(enum.Enum):
