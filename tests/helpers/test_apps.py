@@ -33,3 +33,36 @@ class Troublesome:
         if payload == b"raise":
             raise RuntimeError("the app fails on this message")
         conn.send(payload)
+
+
+class SleepyEcho(SlowEcho):
+    """Echo after two seconds per message: slow, not hung."""
+
+    delay = 2.0
+
+
+class Spinner:
+    """Echo, except ``spin`` loops forever in pure Python (holding the GIL
+    between switches): a slow request the watchdog must kill."""
+
+    framing = "length"
+
+    def on_message(self, conn, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+        if payload == b"spin":
+            spin_forever()
+        conn.send(payload)
+
+
+def spin_forever() -> None:
+    n = 0
+    while True:
+        n += 1
+
+
+class NoHandlers:
+    """Not an app: it has none of on_open, on_message, on_close."""
+
+
+class FailsToStart:
+    def __init__(self) -> None:
+        raise RuntimeError("cannot reach the database")
