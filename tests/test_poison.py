@@ -179,3 +179,16 @@ def test_a_torn_part_record_never_confirms_unpublished_replies(same_code: bool) 
             words[word] = value
         published = stop == len(writes) and out_tail == 500
         assert journal.frames_done(head, 500) == (nxt if published else before), stop
+
+
+def test_the_set_aside_log_keeps_the_latest_requests() -> None:
+    from server.core.ring import region_size as ring_region
+    from server.core.setaside import KEEP, SetAsideLog
+
+    mem = memoryview(bytearray(ring_region(3 * (KEEP + 100))))
+    log = SetAsideLog.on_region(mem, 3 * (KEEP + 100), init=True, observer=False)
+    for i in range(10):
+        log.add(conn=i, payload=bytes([i]) * (KEEP + 50), at_ms=1000 + i, attempts=3)
+    kept = log.entries()
+    assert [e["conn"] for e in kept] == [7, 8, 9]  # the oldest were dropped
+    assert all(e["size"] == KEEP + 50 and len(e["payload"]) == KEEP for e in kept)

@@ -95,14 +95,22 @@ def test_every_kind_places_and_reports_the_same_way_on_a_bytearray() -> None:
             report, kind.place(found, p.name, kind.param_of(p.size), observer=True).report(p.name)
         )
     assert report["connections"] == 0 and report["set_aside"] == 0 and "processes" in report
+    assert report["set_aside_kept"] == 0
     found.detach()
     shm.detach()
-    assert len(placed) == 3
+    assert len(placed) == 4
 
 
 def test_the_server_layout_starts_after_the_header() -> None:
     layout = server_layout(ServerConfig())
-    assert [name for name, _, _ in layout] == ["inbound", "outbound", "journal", "status", "conns"]
+    assert [name for name, _, _ in layout] == [
+        "inbound",
+        "outbound",
+        "journal",
+        "status",
+        "conns",
+        "setaside",
+    ]
     assert segment_size(layout) > HEADER_SIZE + 2 * ServerConfig().queue_bytes
     assert KINDS["CodeQueue"].param_of(layout[0][2]) == ServerConfig().queue_bytes
 

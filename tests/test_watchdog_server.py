@@ -62,6 +62,33 @@ def test_a_request_that_never_ends_is_killed_and_set_aside_alone(start_server) -
     assert log.count("is slow: one request has run for") >= 3
     assert "in spin_forever" in log and "in on_message" in log  # its stack, before each kill
     assert "set aside request 2 of 3 (4 bytes)" in log
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "inspect",
+            "--key",
+            hex(server.key),
+            "--set-aside",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    [kept] = __import__("json").loads(shown.stdout)
+    assert (kept["payload_text"], kept["size"], kept["attempts"]) == ("spin", 4, 3)
+    table = subprocess.run(
+        [sys.executable, "-m", "server", "inspect", "--key", hex(server.key)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "poison requests set aside 1 (inspect --set-aside shows them)" in table
+    assert "run/" in table and " ms " in table  # restarts in this run and the beat age
 
 
 @pytest.mark.parametrize("role", ["logic", "connect"])

@@ -10,9 +10,11 @@ dict into the table people read; it is pure, so it is tested on a dict.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from ..core.placed import merge_report
+from ..core.setaside import SetAsideLog
 from ..ipc.segment import KINDS
 from ..ipc.shm import SharedMemory
 
@@ -29,8 +31,9 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def describe(shm: SharedMemory) -> dict[str, Any]:
-    """Everything in the segment, read without changing it."""
+def describe(shm: SharedMemory, *, set_aside: bool = False) -> dict[str, Any]:
+    """Everything in the segment, read without changing it (``set_aside``:
+    also the requests kept by the set-aside log, payloads included)."""
     header = shm.header
     info: dict[str, Any] = {
         "segment": shm.stat(),
@@ -48,11 +51,46 @@ def describe(shm: SharedMemory) -> dict[str, Any]:
             continue
         obj = kind.place(shm, p.name, kind.param_of(p.size), observer=True)
         merge_report(info, obj.report(p.name))
+        if set_aside and isinstance(obj, SetAsideLog):
+            info["set_aside_requests"] = [_printable(e) for e in obj.entries()]
+    now_ms = int(time.monotonic() * 1000)  # CLOCK_MONOTONIC: the workers' clock too
     for proc in info.get("processes", {}).values():
         proc["alive"] = _alive(proc["pid"])
+        beat_at, busy_since = proc.pop("beat_at_ms", 0), proc.pop("busy_since_ms", 0)
+        proc["heartbeat_age_ms"] = max(0, now_ms - beat_at) if beat_at and proc["pid"] else None
+        conn = proc.pop("busy_conn", 0)
+        if busy_since and proc["pid"]:
+            proc["in_flight"] = {"conn": conn, "age_ms": max(0, now_ms - busy_since)}
     if "inbound" in info["queues"]:
         info["codes_processed"] = info["queues"]["inbound"]["popped"]
     return info
+
+
+def _printable(entry: dict[str, Any]) -> dict[str, Any]:
+    payload = entry.pop("payload", None)
+    if payload is not None:
+        entry["payload_hex"] = payload.hex()
+        entry["payload_text"] = payload.decode("utf-8", "replace")
+    return entry
+
+
+def format_set_aside(entries: list[dict[str, Any]]) -> str:
+    """The requests set aside as poison, one block each."""
+    if not entries:
+        return "no request has been set aside"
+    lines = []
+    for e in entries:
+        if "unreadable" in e:
+            lines.append(f"(unreadable: {e['unreadable']})")
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at_ms"] / 1000))
+        kept = len(e["payload_hex"]) // 2
+        lines.append(
+            f"{when}  connection {e['conn']:#x}  {e['size']} bytes ({kept} kept)  "
+            f"after {e['attempts']} attempts"
+        )
+        lines.append(f"    {e['payload_text'][:200]!r}")
+    return "\n".join(lines)
 
 
 def format_status(info: dict[str, Any]) -> str:
@@ -66,13 +104,23 @@ def format_status(info: dict[str, Any]) -> str:
     if "processes" in info:
         lines += [
             "",
-            f"{'process':<11} {'pid':>8} {'alive':>6} {'restarts':>9} {'heartbeat':>10}  last start",
+            f"{'process':<11} {'pid':>8} {'state':<12} {'beat age':>9} {'restarts':>13}  last start",
         ]
         for role, p in info["processes"].items():
+            state = p.get("state", "?") if p["alive"] or not p["pid"] else "gone"
+            age = p.get("heartbeat_age_ms")
+            restarts = f"{p.get('restarts_this_run', 0)} run/{p['restarts']} all"
             lines.append(
-                f"{role:<11} {p['pid'] or '-':>8} {'yes' if p['alive'] else 'no':>6} "
-                f"{p['restarts']:>9} {p['heartbeat']:>10}  {p['last_start']}"
+                f"{role:<11} {p['pid'] or '-':>8} {state:<12} "
+                f"{'-' if age is None else f'{age} ms':>9} {restarts:>13}  {p['last_start']}"
             )
+        for role, p in info["processes"].items():
+            if "in_flight" in p:
+                f = p["in_flight"]
+                lines.append(
+                    f"{role} is running the app for connection {f['conn']:#x} "
+                    f"since {f['age_ms']} ms"
+                )
     if info["queues"]:
         lines += [
             "",
@@ -87,7 +135,8 @@ def format_status(info: dict[str, Any]) -> str:
         lines += [
             "",
             f"connections open {info['connections']}; codes processed "
-            f"{info.get('codes_processed', 0)}; poison codes set aside {info.get('set_aside', 0)}",
+            f"{info.get('codes_processed', 0)}; poison requests set aside {info.get('set_aside', 0)}"
+            + (" (inspect --set-aside shows them)" if info.get("set_aside") else ""),
         ]
     if "counters" in info:
         lines.append("  ".join(f"{k} {v}" for k, v in info["counters"].items()))

@@ -4,6 +4,7 @@ Examples:
     python -m server run --app chat       # a chat room on 127.0.0.1:7000
     python -m server client               # talk to it (or: nc 127.0.0.1 7000)
     python -m server inspect --json       # processes, queues, restarts
+    python -m server inspect --set-aside  # the poison requests, kept for you
     python -m server clean                # remove the segment (server stopped)
     python -m server demo                 # codes survive a kill -9, step by step
 
@@ -29,7 +30,7 @@ from ..proc.supervisor import Supervisor
 from ..proc.workers import raise_fd_limit
 from . import client
 from .demo import run_demo
-from .inspect import describe, format_status
+from .inspect import describe, format_set_aside, format_status
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -51,8 +52,12 @@ def parse_key(text: str) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     with SHMFactory.attach(args.key) as shm:
-        info = describe(shm)
-    print(json.dumps(info, indent=2) if args.json else format_status(info))
+        info = describe(shm, set_aside=args.set_aside)
+    if args.set_aside:
+        entries = info.get("set_aside_requests", [])
+        print(json.dumps(entries, indent=2) if args.json else format_set_aside(entries))
+    else:
+        print(json.dumps(info, indent=2) if args.json else format_status(info))
     return EXIT_OK
 
 
@@ -151,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="show what is in a segment, without changing it")
     inspect.add_argument("--key", type=parse_key, default=DEFAULT_KEY)
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument(
+        "--set-aside",
+        action="store_true",
+        help="show the requests set aside as poison (with --json: their payloads in hex)",
+    )
     inspect.set_defaults(func=cmd_inspect)
 
     run = sub.add_parser(

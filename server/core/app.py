@@ -177,6 +177,17 @@ class Dispatcher:
                 pass
         return [0]
 
+    @staticmethod
+    def request_payload(raw: bytes, k: int) -> bytes:
+        """Request ``k`` of a code (a MESSAGE's frame k; another code's body)."""
+        kind, _ = head_of(raw) if len(raw) >= CODE_HEADER else (0, 0)
+        if kind == _MESSAGE:
+            try:
+                return payloads(raw[CODE_HEADER:])[k]
+            except (BadCode, IndexError):
+                return b""
+        return raw[CODE_HEADER:]
+
     def handle(self, raw: bytes, first: int = 0, count: int = -1) -> None:
         """Run the app on a code; for a MESSAGE, only on its requests
         ``first .. first + count`` (-1: to the end)."""

@@ -40,6 +40,7 @@ from .codes import head_of
 from .framing import Framing, LengthFraming
 from .journal import Pace, StepJournal
 from .ring import RECORD_HEADER
+from .setaside import SetAsideLog
 from .status import WorkerMeter
 
 log = logging.getLogger("server.logic")
@@ -66,6 +67,8 @@ class LogicStepper:
         after_publish: Callable[[int], None] | None = None,
         meter: WorkerMeter | None = None,
         clock: Callable[[], float] | None = None,
+        setaside: SetAsideLog | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self.inbound = inbound
         self.outbound = outbound
@@ -74,6 +77,8 @@ class LogicStepper:
         self.outbox = Outbox(limit=outbound.capacity, encode_frame=framing.encode)
         self.meter = meter
         self.clock = clock or (lambda: 0.0)
+        self.setaside = setaside  # where set-aside requests are kept for inspect
+        self.wall_clock = wall_clock or (lambda: 0.0)
         self.dispatcher = Dispatcher(app, self.outbox, meter.requests if meter else None)
         self.soft_limit = outbound.capacity // 4
         # replies, their size, the inbound head after them, codes consumed,
@@ -134,6 +139,9 @@ class LogicStepper:
             attempts = journal.attempts
             journal.set_aside(conn, sizes[k])
             self.set_aside += 1
+            if self.setaside is not None:
+                payload = Dispatcher.request_payload(code, k)
+                self.setaside.add(conn, payload, int(self.wall_clock() * 1000), attempts)
             log.error(
                 "set aside request %d of %d (%d bytes) from connection %#x at inbound position "
                 "%d: the logic process died on it %d times (a poison request); it gets no "

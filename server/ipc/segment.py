@@ -7,9 +7,10 @@ header records it, and RECOVER checks it)::
     --------  -----------  -------------------------  ---------------------
     inbound   CodeQueue    256 + queue_bytes          connect -> logic
     outbound  CodeQueue    256 + queue_bytes          logic -> connect
-    journal   StepJournal  64                         logic
-    status    StatusBoard  512                        supervisor, workers
+    journal   StepJournal  128                        logic
+    status    StatusBoard  1024                       supervisor, workers
     conns     ConnTable    8 * max_conns              connect
+    setaside  SetAsideLog  256 + 64 KiB               logic (poison requests kept)
 
 Every kind is placed the same way (``server.core.placed``): ``objects(cfg)``
 lists (name, kind, parameter), and both the layout that ``create_product``
@@ -29,6 +30,8 @@ from ..core.conntable import ConnTable
 from ..core.header import HEADER_SIZE, StartMode, align_up
 from ..core.journal import StepJournal
 from ..core.placed import InSegment
+from ..core.setaside import CAPACITY as SETASIDE_CAPACITY
+from ..core.setaside import SetAsideLog
 from ..core.status import StatusBoard
 from ..errors import CorruptSegment
 from .codequeue import CodeQueue
@@ -38,7 +41,7 @@ Layout = list[tuple[str, str, int]]
 Objects = list[tuple[str, type[InSegment], int]]
 
 KINDS: dict[str, type[InSegment]] = {
-    cls.KIND: cls for cls in (CodeQueue, StepJournal, StatusBoard, ConnTable)
+    cls.KIND: cls for cls in (CodeQueue, StepJournal, StatusBoard, ConnTable, SetAsideLog)
 }
 
 
@@ -50,6 +53,7 @@ def objects(cfg: ServerConfig) -> Objects:
         ("journal", StepJournal, 0),
         ("status", StatusBoard, 0),
         ("conns", ConnTable, cfg.max_conns),
+        ("setaside", SetAsideLog, SETASIDE_CAPACITY),
     ]
 
 
@@ -74,6 +78,7 @@ class ServerSegment:
     journal: StepJournal
     status: StatusBoard
     conns: ConnTable
+    setaside: SetAsideLog
 
     def __init__(self, shm: SharedMemory, cfg: ServerConfig) -> None:
         self.shm = shm

@@ -82,6 +82,8 @@ def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing, heartbeat:
         hook,
         meter=heartbeat.meter,
         clock=time.monotonic,
+        setaside=seg.setaside,
+        wall_clock=time.time,
     )
     finished = stepper.recover()
     inbound.recover_consumer()
