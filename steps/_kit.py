@@ -192,10 +192,19 @@ class Stage:
     def __init__(self) -> None:
         self.children: list[Child] = []
         self.keys: list[int] = []
+        self._closing = self._interrupted = self._starting = False
 
     def start(self, label: str, module: str, *args: str, **options: Any) -> Child:
-        child = Child(label, ["-m", module, *args], **options)
-        self.children.append(child)
+        # A Ctrl-C between the fork and the append would leave a child that
+        # no one stops: it is held back until the child is on the list.
+        self._starting = True
+        try:
+            child = Child(label, ["-m", module, *args], **options)
+            self.children.append(child)
+        finally:
+            self._starting = False
+        if self._interrupted and not self._closing:
+            raise KeyboardInterrupt
         return child
 
     def new_key(self) -> int:
@@ -207,7 +216,7 @@ class Stage:
                 return key
 
     def __enter__(self) -> Stage:
-        self._closing = self._interrupted = False
+        self._closing = self._interrupted = self._starting = False
         self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
@@ -216,7 +225,7 @@ class Stage:
         # signal may be handled at the very first instruction of __exit__
         # (when an error, say a connection reset by a child that took the
         # same Ctrl-C, is already on its way out), hence the frame check.
-        if self._closing or (frame is not None and frame.f_code is _EXIT_CODE):
+        if self._closing or self._starting or (frame is not None and frame.f_code is _EXIT_CODE):
             self._interrupted = True
             return
         raise KeyboardInterrupt

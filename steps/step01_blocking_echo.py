@@ -76,7 +76,10 @@ def recv_frame(
 def serve(listener: socket.socket, clients: int) -> None:
     """Serve ``clients`` clients, one after the other, then return."""
     for _ in range(clients):
-        conn, _addr = listener.accept()
+        try:
+            conn, _addr = listener.accept()
+        except OSError:  # the listener was closed: the demo is over (Ctrl-C)
+            return
         with conn:
             say("  server: accepted a client; now reading only from it")
             while True:

@@ -28,15 +28,18 @@ from ..core.status import WorkerMeter
 from ..core.supervision import describe_exit
 
 TICK = 0.5
+PARENT_ENV = "STCP_SUPERVISOR_PID"  # set by the supervisor for the workers it starts
 BEAT = 0.1  # the heartbeat thread's period
 STACK_SIGNAL = signal.SIGUSR1
 
 
 class Parent:
-    """Remembers our parent at start; ``gone()`` once we were re-parented."""
+    """``gone()`` once we were re-parented.  ``pid`` is the parent we expect
+    (the supervisor passes its own: a worker that starts after its
+    supervisor died already has another parent, and must notice too)."""
 
-    def __init__(self) -> None:
-        self.pid = os.getppid()
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid or int(os.environ.get(PARENT_ENV) or 0) or os.getppid()
 
     def gone(self) -> bool:
         return os.getppid() != self.pid

@@ -32,7 +32,7 @@ from ..core.status import Reason, Role, StatusBoard
 from ..core.watchdog import Seen
 from ..errors import ConfigError
 from ..ipc.shm import SHMFactory
-from .common import STACK_SIGNAL, exit_text
+from .common import PARENT_ENV, STACK_SIGNAL, exit_text
 
 log = logging.getLogger("server.supervisor")
 
@@ -59,7 +59,10 @@ class Worker:
         if self.role is Role.CONNECT:
             fds = (listener.fileno(),)  # type: ignore[attr-defined]
             cmd += ["--listen-fd", str(fds[0])]
-        self.proc = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL, process_group=0)
+        env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+        self.proc = subprocess.Popen(
+            cmd, pass_fds=fds, stdin=subprocess.DEVNULL, process_group=0, env=env
+        )
         self.restart_at = None
 
     def kill(self) -> None:

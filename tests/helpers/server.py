@@ -103,9 +103,11 @@ class ServerProc:
         return code
 
     def kill_all(self) -> None:
-        """SIGKILL the supervisor and every worker it ever reported."""
+        """SIGKILL the supervisor and every worker it ever reported, and any
+        worker of this key it did not (one restarted a moment ago)."""
         with contextlib.suppress(Exception):
             self.info()
+        self.pids |= workers_of(self.key)
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -122,6 +124,21 @@ class ServerProc:
                 except ProcessLookupError:
                     break
                 time.sleep(0.02)
+
+
+def workers_of(key: int) -> set[int]:
+    """Pids of the worker processes of the server with ``key`` (their
+    command line carries the configuration, key included)."""
+    found = set()
+    mark = f'"key": {key},'.encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 # -- clients --------------------------------------------------------------------

@@ -52,6 +52,7 @@ INTERRUPT_AFTER = {
     "step05_attach_or_create": "stuck after",
     "step06_classes": "sleeping on the inbound doorbell",
     "step07_recovery_modes": "[worker #1] stuck",
+    "step08_heartbeat": "working on a request of 2 s",
     "step09_chat_room": "Three users join",
 }
 
