@@ -5,7 +5,7 @@
 One ``step()``::
 
     head = inbound.head
-    pace = journal.pace(head)        BATCH, CAREFUL (1 code) or SET_ASIDE
+    pace = journal.pace(head)        BATCH, or careful (see below)
     codes, end = inbound.peek_many() nothing consumed yet
     journal.begin(head, end)
     run the app on the codes, in order, into an Outbox; stop early once the
@@ -22,6 +22,17 @@ crash after it is finished by ``journal.recover`` (the replies are out, so
 the codes are consumed without running them again).  The app's replies to
 one step are capped at the outbound queue's capacity, so they always fit
 in one go.
+
+After a crash the journal says *careful* until the process is past the batch
+that was in flight: one code per step, and one request of it per step, each
+request's replies published (``record_part``) before the next one runs, so
+a death is counted against the request that caused it and only that request
+is set aside (``Pace.SET_ASIDE``, after ``MAX_ATTEMPTS``), kept in the
+``SetAsideLog`` for ``inspect --set-aside``.
+
+For the watchdog the stepper writes to the status board (``meter``): one
+word per request started, a "busy since" stamp around every run of the app,
+and the codes it consumed.
 
 The process shell (``server.proc.logic``) only loops ``step()`` and sleeps
 on the inbound doorbell when there is nothing to do.
