@@ -248,8 +248,13 @@ class Target:
 
 
 def parse_every(text: str) -> tuple[float, float]:
-    low, _, high = text.partition("-")
-    a, b = float(low), float(high or low)
+    low, _, high = text.strip().removesuffix("s").partition("-")
+    try:
+        a, b = float(low.removesuffix("s")), float((high or low).removesuffix("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--every wants seconds like 0.5 or 0.2-1.0, got {text!r}"
+        ) from None
     if not 0 < a <= b:
         raise argparse.ArgumentTypeError(f"--every wants seconds like 0.5 or 0.2-1.0, got {text!r}")
     return a, b
