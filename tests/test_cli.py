@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import sysv_ipc
+
 from server import CodeQueue, SHMFactory
 
 
@@ -71,3 +73,17 @@ def test_inspect_into_a_closed_pipe_is_quiet(key: int) -> None:
         _, errors = proc.communicate(timeout=60)
     assert "Traceback" not in errors, errors
     assert proc.returncode == 1
+
+
+def test_clean_leaves_other_programs_segments_alone(key: int) -> None:
+    seg = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=0o600, size=8192)
+    seg.write(b"NOTOURS!")
+    seg.detach()
+    refused = run("clean", "--key", hex(key))
+    assert refused.returncode == 1
+    assert "is not one of ours" in refused.stderr and "NOTOURS!" in refused.stderr
+    assert "--force" in refused.stderr
+    assert SHMFactory.exists(key)
+    forced = run("clean", "--key", hex(key), "--force")
+    assert forced.returncode == 0 and "removed segment" in forced.stdout
+    assert not SHMFactory.exists(key)

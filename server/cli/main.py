@@ -23,7 +23,7 @@ import sys
 from ..core.app import check_app, load_app
 from ..core.config import DEFAULT_KEY, DEFAULT_PORT, ServerConfig
 from ..core.watchdog import EXIT_CORRUPT
-from ..errors import ConfigError, CorruptSegment, SegmentInUse, ServerError
+from ..errors import ConfigError, CorruptSegment, SegmentError, SegmentInUse, ServerError
 from ..ipc.shm import SHMFactory
 from ..proc import connect, logic
 from ..proc.supervisor import Supervisor
@@ -62,6 +62,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    if SHMFactory.exists(args.key):
+        foreign = SHMFactory.identify(args.key)
+        if foreign is not None and not args.force:
+            raise SegmentError(
+                f"segment 0x{args.key:08x} is not one of ours ({foreign}): another program's? "
+                f"left alone; remove it with clean --force if you are sure",
+                key=args.key,
+            )
+        if foreign is not None:
+            print(f"segment 0x{args.key:08x} is not one of ours ({foreign}); --force: removing it")
     try:
         removed = SHMFactory.remove(args.key)
     except SegmentInUse as err:
@@ -250,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     clean = sub.add_parser("clean", help="remove a segment (refused while in use)")
     clean.add_argument("--key", type=parse_key, default=DEFAULT_KEY)
+    clean.add_argument(
+        "--force", action="store_true", help="remove it even if it is not one of our segments"
+    )
     clean.set_defaults(func=cmd_clean)
     return parser
 

@@ -109,6 +109,11 @@ class SegmentHeader:
 
     # -- plain fields ---------------------------------------------------------
     @property
+    def ours(self) -> bool:
+        """Does the segment start with our magic (whatever state it is in)?"""
+        return self._words[_MAGIC] == MAGIC
+
+    @property
     def generation(self) -> int:
         return self._words[_GENERATION]
 

@@ -164,6 +164,30 @@ class SHMFactory:
         return others
 
     @staticmethod
+    def identify(key: int) -> str | None:
+        """None if segment ``key`` is one of ours (our magic in its header);
+        otherwise what it is, in words.  Raises if there is none."""
+        seg = _attach(key)
+        if seg is None:
+            raise SegmentError(f"no segment with key {key_text(key)}", key=key)
+        try:
+            size = seg.size
+            if size < HEADER_SIZE:
+                return f"a segment of {size} bytes, too small to be ours"
+            mem = memoryview(seg)
+            header = SegmentHeader(mem)
+            try:
+                if header.ours:
+                    return None
+                first = bytes(mem[:8])
+            finally:
+                header.release()
+                mem.release()
+            return f"a segment of {size} bytes that starts with {first!r}, not our magic"
+        finally:
+            seg.detach()
+
+    @staticmethod
     def snapshot(key: int) -> bytes:
         """A copy of every byte of segment ``key`` (owner and mode checked
         as for ``attach``; the header is not read, so a corrupt one works)."""
