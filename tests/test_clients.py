@@ -249,3 +249,30 @@ def test_a_graceful_stop_reads_nothing_new_and_waits_for_the_output() -> None:
     assert tb.t.stop_done(queues_empty=True) and not tb.t.stop_done(queues_empty=False)
     tb.t.close_all("server stopping")
     assert tb.closed == [(c.conn, "server stopping")] and tb.codes()[0][0] is Kind.CLOSED
+
+
+def test_a_frame_begun_and_not_finished_in_time_closes_the_client() -> None:
+    tb = Table(frame_timeout=5.0, idle_timeout=0)
+    slow, fine = tb.t.open("slow", 0.0), tb.t.open("fine", 0.0)
+    assert slow is not None and fine is not None
+    wire = frames(b"x" * 50)
+    for second in range(1, 7):  # one byte a second: input never stops, the frame never ends
+        tb.t.received(slow, wire[second - 1 : second], float(second))
+        tb.t.received(fine, frames(b"ok"), float(second))  # whole frames: never timed
+        tb.t.tick(float(second) + 0.5)
+    assert [conn for conn, _ in tb.closed] == [slow.conn]
+    assert "began a frame 6 s ago and sent only 6 bytes of it (--frame-timeout)" in tb.closed[0][1]
+    assert tb.counters["closed_for_abuse"] == 1
+
+
+def test_the_frame_timer_starts_with_each_new_frame() -> None:
+    tb = Table(frame_timeout=5.0, idle_timeout=0)
+    c = tb.t.open("c", 0.0)
+    assert c is not None
+    one, two = frames(b"a" * 20), frames(b"b" * 20)
+    tb.t.received(c, one[:10], 0.0)  # frame 1 begins at 0
+    tb.t.received(c, one[10:] + two[:10], 4.0)  # frame 1 ends, frame 2 begins at 4
+    tb.t.tick(8.0)
+    assert tb.closed == []
+    tb.t.tick(9.5)
+    assert [conn for conn, _ in tb.closed] == [c.conn]

@@ -125,3 +125,20 @@ def test_take_cuts_bodies_between_frames(cls, bytewise: bool) -> None:  # type: 
     assert all(len(body) <= 40 or len(payloads(body)) == 1 for body in bodies)
     if not bytewise:
         assert len(bodies) > 1
+
+
+@pytest.mark.parametrize("cls", [LengthFraming, LineFraming])
+def test_a_large_frame_in_small_pieces_costs_linear_time(cls) -> None:  # type: ignore[no-untyped-def]
+    # 8 MiB in 4 KiB reads: copying the partial frame on every read would move
+    # about 8 GiB (seconds); appending moves each byte once (milliseconds).
+    import time
+
+    size = 8 << 20
+    payload = b"x" * size
+    wire = cls(size).encode(payload)
+    reader = cls(size)
+    t = time.perf_counter()
+    got = [body for i in range(0, len(wire), 4096) for body in reader.take(wire[i : i + 4096])]
+    elapsed = time.perf_counter() - t
+    assert [p for body in got for p in payloads(body)] == [payload]
+    assert elapsed < 1.0, f"{elapsed:.2f} s for one frame in pieces"

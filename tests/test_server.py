@@ -233,3 +233,27 @@ def test_a_corrupt_segment_is_remade_not_refused(start_server, key) -> None:  # 
     assert server.info()["start_mode"] == "init"
     assert "re-creating segment" in server.log() or "re-initialising segment" in server.log()
     assert EchoClient(server.port).request(b"fresh") == b"fresh"
+
+
+def test_a_client_sending_a_byte_a_second_is_closed_after_the_frame_timeout(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--frame-timeout", "2", "--idle-timeout", "0")
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    other = EchoClient(server.port)
+    wire = frame(b"x" * 100)
+    started = time.monotonic()
+    closed_after = None
+    for i in range(8):  # the frame would need 104 s at this pace
+        try:
+            slow.sendall(wire[i : i + 1])
+        except OSError:
+            closed_after = time.monotonic() - started
+            break
+        assert other.request(b"still served") == b"still served"
+        time.sleep(1.0)
+    if closed_after is None:
+        slow.settimeout(5)
+        assert slow.recv(1) == b""  # the server closed it
+        closed_after = time.monotonic() - started
+    assert 2 <= closed_after < 6
+    assert "(--frame-timeout)" in server.log()
+    assert server.info()["counters"]["closed_for_abuse"] == 1

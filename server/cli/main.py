@@ -110,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         out_buffer=args.out_buffer,
         send_timeout=args.send_timeout,
+        frame_timeout=args.frame_timeout,
         hang_timeout=args.hang_timeout,
         request_timeout=args.request_timeout,
         full_message=getattr(app, "full_message", ServerConfig.full_message),
@@ -231,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.send_timeout,
         help="close a client that takes no reply bytes for this long (default %(default)s)",
+    )
+    run.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=defaults.frame_timeout,
+        help="close a client that takes longer to finish a frame it began (default %(default)s)",
     )
     run.add_argument(
         "--hang-timeout",

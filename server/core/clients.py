@@ -27,6 +27,9 @@ Limits that protect everybody else from one client:
 * more than ``out_buffer`` unread reply bytes pause reading from it; four
   times that, or ``send_timeout`` seconds without it taking a byte, close it;
 * ``idle_timeout`` seconds without input close it;
+* ``frame_timeout`` seconds to finish a frame it began, or it is closed (a
+  client that sends one byte a second would otherwise hold its slot for
+  ever);
 * when ``max_conns`` clients are connected, a new one is refused (the shell
   sends it ``full_reply``);
 * when the inbound queue is full, reading from *every* client stops until
@@ -87,6 +90,7 @@ class Client:
         "last_input",
         "last_output",
         "closing",
+        "frame_started",
         "prefix",
         "handle",
         "events",
@@ -100,6 +104,7 @@ class Client:
         self.out = bytearray()  # reply bytes not yet taken by the socket
         self.last_input = self.last_output = now
         self.closing = ""  # the app asked to close: the reason, once the output is out
+        self.frame_started = 0.0  # when the incomplete frame in its framer began
         self.prefix = encode(Kind.MESSAGE, conn)  # + frame records = its inbound code
         self.handle: Any = None
         self.events = 0
@@ -204,11 +209,15 @@ class ClientTable:
                 self.close(c, "client closed the connection")
             return
         c.last_input = now
+        framing = c.framing
+        partial = framing.buffered
         try:
-            bodies = c.framing.take(data, self.max_wire)  # whole frames, as records
+            bodies = framing.take(data, self.max_wire)  # whole frames, as records
         except FrameTooLarge as err:
             self.close(c, f"frame too large: {err}", abuse=True)
             return
+        if framing.buffered and (bodies or not partial):
+            c.frame_started = now  # a new frame began
         if len(bodies) == 1:
             self.inq.append(c.prefix + bodies[0])
         elif bodies:
@@ -321,8 +330,9 @@ class ClientTable:
 
     # -- timers ---------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        """Close clients that left replies unread for ``send_timeout``, or
-        sent nothing for ``idle_timeout`` (0: never)."""
+        """Close clients that left replies unread for ``send_timeout``, sent
+        nothing for ``idle_timeout`` (0: never), or did not finish a frame in
+        ``frame_timeout``."""
         idle = self.cfg.idle_timeout
         stalled = self.cfg.send_timeout
         for c in list(self.clients.values()):
@@ -335,6 +345,13 @@ class ClientTable:
                 )
             elif idle and now - c.last_input > idle and not c.out:
                 self.close(c, f"idle for {now - c.last_input:.0f} s (--idle-timeout)", abuse=True)
+            elif c.framing.buffered and now - c.frame_started > self.cfg.frame_timeout:
+                self.close(
+                    c,
+                    f"began a frame {now - c.frame_started:.0f} s ago and sent only "
+                    f"{c.framing.buffered} bytes of it (--frame-timeout)",
+                    abuse=True,
+                )
 
     # -- graceful stop ----------------------------------------------------------------------------
     def begin_stop(self) -> None:

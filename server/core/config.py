@@ -34,6 +34,7 @@ class ServerConfig:
     idle_timeout: float = 300.0  # seconds without input before a client is closed; 0: never
     out_buffer: int = 1024 * 1024  # unread reply bytes before reading from a client pauses
     send_timeout: float = 30.0  # seconds a client may leave replies unread before it is closed
+    frame_timeout: float = 30.0  # seconds a client may take to finish a frame it began
     hang_timeout: float = 5.0  # seconds without a heartbeat before a worker is killed (frozen)
     request_timeout: float = 30.0  # seconds one request may run before the logic process is killed
     full_message: str = "server full: too many connections"
@@ -68,6 +69,8 @@ class ServerConfig:
             raise bad("--out-buffer", self.out_buffer, "must hold at least one largest frame")
         if self.send_timeout <= 0:
             raise bad("--send-timeout", self.send_timeout, "seconds > 0")
+        if self.frame_timeout <= 0:
+            raise bad("--frame-timeout", self.frame_timeout, "seconds > 0")
         if self.hang_timeout <= 0:
             raise bad("--hang-timeout", self.hang_timeout, "seconds > 0")
         if self.request_timeout <= 0:

@@ -16,7 +16,9 @@ The stream is parsed here once.  ``take`` returns the complete frames as
 MESSAGE bodies (frame records, see ``server.core.codes``), cut between
 frames so that no body is longer than ``limit`` unless one frame alone is;
 for the length framing the records are the wire bytes themselves, so a read
-of whole frames passes through without a copy.  ``feed`` returns the
+of whole frames passes through without a copy.  An incomplete frame grows by
+appending: it is copied once, when it completes, not again on every read
+(a slow client sending a large frame in small pieces costs linear time).  ``feed`` returns the
 payloads, for code that wants frames one by one (the tutorial, the tests).
 """
 
@@ -40,7 +42,8 @@ class _Framer:
         if not 0 <= max_frame < 1 << 32:
             raise ValueError(f"max_frame must be 0..2**32-1, got {max_frame!r}")
         self.max_frame = max_frame
-        self._buf = b""
+        self._buf = bytearray()  # an incomplete frame; grows by appending (no re-copy)
+        self._need = 0  # bytes the incomplete frame needs in all, when known
 
     def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
         """The frames ``data`` completes, as MESSAGE bodies of at most
@@ -65,7 +68,13 @@ class LengthFraming(_Framer):
     name = "length"
 
     def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
-        buf = self._buf + data if self._buf else bytes(data)
+        if self._buf:
+            if len(self._buf) + len(data) < self._need:  # still incomplete: append only
+                self._buf += data
+                return []
+            buf = bytes(self._buf) + data
+        else:
+            buf = bytes(data)
         unpack = _unpack_length
         most = self.max_frame
         bodies: list[bytes] = []
@@ -85,11 +94,14 @@ class LengthFraming(_Framer):
                 start = i
             i = j
         if i == end:
-            self._buf = b""
+            self._buf = bytearray()
+            self._need = 0
             if start == 0 and end:
                 return [buf]  # the usual case: whole frames, no copy
         else:
-            self._buf = buf[i:]
+            self._buf = bytearray(buf[i:])
+            left = end - i
+            self._need = FRAME_HEADER + unpack(buf, i)[0] if left >= FRAME_HEADER else 0
         if i > start:
             bodies.append(buf[start:i])
         return bodies
@@ -102,15 +114,24 @@ class LineFraming(_Framer):
     name = "line"
 
     def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
-        buf = self._buf + data if self._buf else bytes(data)
         most = self.max_frame
+        if self._buf and b"\n" not in data:  # still no end of line: append only
+            self._buf += data
+            if len(self._buf) > most + 1:
+                raise FrameTooLarge(
+                    f"line longer than {most} bytes without a newline",
+                    size=len(self._buf),
+                    limit=most,
+                )
+            return []
+        buf = bytes(self._buf) + data if self._buf else bytes(data)
         last = buf.rfind(b"\n")
         rest = buf[last + 1 :]
         if len(rest) > most + 1:  # one more byte may be the \r of a line at the limit
             raise FrameTooLarge(
                 f"line longer than {most} bytes without a newline", size=len(rest), limit=most
             )
-        self._buf = rest
+        self._buf = bytearray(rest)
         if last < 0:
             return []
         bodies: list[bytes] = []
