@@ -276,3 +276,9 @@ def test_the_frame_timer_starts_with_each_new_frame() -> None:
     assert tb.closed == []
     tb.t.tick(9.5)
     assert [conn for conn, _ in tb.closed] == [c.conn]
+
+
+def test_interest_bits_are_the_selectors_events_the_shell_passes_on() -> None:
+    import selectors
+
+    assert (READ, WRITE) == (selectors.EVENT_READ, selectors.EVENT_WRITE)

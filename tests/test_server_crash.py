@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 
-from helpers.server import EchoClient, ServerProc
+from helpers.server import EchoClient, ServerProc, frame
 
 
 class Load:
@@ -186,3 +186,25 @@ def test_poison_codes_are_set_aside_and_the_server_goes_on(start_server) -> None
     assert "poison request" in log and "the app fails on this message" in log
     assert "is slow: one request has run for" in log
     assert "in on_message" in log  # its stack, with the app's function, before each kill
+
+
+def test_a_graceful_stop_with_a_backlog_delivers_every_reply(start_server) -> None:  # type: ignore[no-untyped-def]
+    # 600 requests at 10 ms each: 6 s of work queued when the stop comes,
+    # more than the 5 s a stop used to wait before giving up
+    server: ServerProc = start_server("--app", "test_apps:TenMsEcho")
+    c = EchoClient(server.port, timeout=60)
+    requests = [b"%04d" % i + b"x" * 1000 for i in range(600)]
+    for i in range(0, 600, 100):
+        c.sock.sendall(b"".join(frame(r) for r in requests[i : i + 100]))
+    replies: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: replies.extend(c.recv() for _ in requests))
+    reader.start()
+    server.wait_for(lambda i: i["codes_processed"] >= 2, what="the first replies")
+    assert server.stop(timeout=60) == 0
+    reader.join(30)
+    assert replies == requests
+    assert "stopped; the segment stays" in server.log()
+    assert "nothing moved" not in server.log()
+    again: ServerProc = start_server("--app", "test_apps:TenMsEcho", log_name="again.log")
+    info = again.info()
+    assert info["queues"]["inbound"]["pending"] == 0 and info["queues"]["outbound"]["pending"] == 0

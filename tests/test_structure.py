@@ -147,3 +147,15 @@ def test_format_status_is_a_pure_table() -> None:
     assert "logic" in text and "killed by signal 9" in text
     assert "inbound" in text.splitlines()[-1] and "4096" in text
     assert "connections open 2; codes processed 4" in text
+
+
+def test_a_stop_waits_while_work_moves_and_gives_up_when_it_stands_still() -> None:
+    from server.core.supervision import Stall, stop_leftover
+
+    stall = Stall(timeout=30.0, now=0.0)
+    for t in range(0, 300, 10):  # 5 minutes of a slowly moving backlog
+        assert not stall.expired((t, t), float(t))
+    assert not stall.expired((290, 290), 319.0)
+    assert stall.expired((290, 290), 320.0)
+    text = stop_leftover(30.0, 5, 2, 100)
+    assert "nothing moved for 30 s" in text and "5 code(s) inbound, 2 outbound" in text

@@ -113,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         frame_timeout=args.frame_timeout,
         hang_timeout=args.hang_timeout,
         request_timeout=args.request_timeout,
+        stop_timeout=args.stop_timeout,
         full_message=getattr(app, "full_message", ServerConfig.full_message),
     ).validate()
     raise_fd_limit(cfg)
@@ -244,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.hang_timeout,
         help="kill and restart a frozen worker: no heartbeat for this long (default %(default)s)",
+    )
+    run.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=defaults.stop_timeout,
+        help="a graceful stop delivers everything it accepted, giving up only when nothing "
+        "moved for this long (default %(default)s)",
     )
     run.add_argument(
         "--request-timeout",

@@ -369,6 +369,9 @@ class ClientTable:
             return False
         return not any(c.out for c in self.clients.values())
 
+    def unwritten(self) -> int:
+        return sum(len(c.out) for c in self.clients.values())
+
     def close_all(self, reason: str) -> None:
         for c in list(self.clients.values()):
             if c.out:

@@ -36,6 +36,7 @@ class ServerConfig:
     send_timeout: float = 30.0  # seconds a client may leave replies unread before it is closed
     frame_timeout: float = 30.0  # seconds a client may take to finish a frame it began
     hang_timeout: float = 5.0  # seconds without a heartbeat before a worker is killed (frozen)
+    stop_timeout: float = 30.0  # a graceful stop gives up when nothing moved this long
     request_timeout: float = 30.0  # seconds one request may run before the logic process is killed
     full_message: str = "server full: too many connections"
 
@@ -73,6 +74,8 @@ class ServerConfig:
             raise bad("--frame-timeout", self.frame_timeout, "seconds > 0")
         if self.hang_timeout <= 0:
             raise bad("--hang-timeout", self.hang_timeout, "seconds > 0")
+        if self.stop_timeout <= 0:
+            raise bad("--stop-timeout", self.stop_timeout, "seconds > 0")
         if self.request_timeout <= 0:
             raise bad("--request-timeout", self.request_timeout, "seconds > 0")
         return self

@@ -18,6 +18,8 @@ slow, and when to restart) are in ``server.core.watchdog``; this module has
       STOPPING_LOGIC    SECOND_REQUEST    DONE  (kill both)
 
   Any other pair leaves the phase as it is.
+* ``Stall``: a graceful stop waits as long as work moves, and gives up only
+  when nothing moved for ``--stop-timeout`` seconds.
 * ``describe_exit``: a process's exit status in words, said one way
   everywhere (the log, the inspector, the tutorial).
 """
@@ -53,6 +55,31 @@ STOP_TRANSITIONS: dict[tuple[StopPhase, StopEvent], StopPhase] = {
 def next_phase(phase: StopPhase, event: StopEvent) -> StopPhase:
     """Where ``event`` takes the stop from ``phase`` (see the table above)."""
     return STOP_TRANSITIONS.get((phase, event), phase)
+
+
+class Stall:
+    """Has ``token`` (any value that changes while work moves: counters,
+    positions) stood still for ``timeout`` seconds?"""
+
+    def __init__(self, timeout: float, now: float) -> None:
+        self.timeout = timeout
+        self.token: object = None
+        self.since = now
+
+    def expired(self, token: object, now: float) -> bool:
+        if token != self.token:
+            self.token, self.since = token, now
+            return False
+        return now - self.since >= self.timeout
+
+
+def stop_leftover(timeout: float, inbound: int, outbound: int, unwritten: int) -> str:
+    """What a stop that gave up leaves behind, in words."""
+    return (
+        f"stopping: nothing moved for {timeout:g} s (--stop-timeout); left in the segment for "
+        f"the next start: {inbound} code(s) inbound, {outbound} outbound; {unwritten} reply "
+        f"byte(s) not yet written are lost"
+    )
 
 
 def describe_exit(returncode: int, signal_name: str = "") -> str:

@@ -6,22 +6,18 @@ framing, limits, back-pressure, timeouts, and the codes built from it all.
 One non-blocking ``selectors`` loop holds the listening socket, every client
 socket and the doorbell of the outbound queue.  Each turn::
 
-    1. heartbeat
-    2. pop outbound codes -> table.deliver -> write to those clients
-    3. offer waiting inbound codes to the queue (table.push); when it is
-       full, stop reading every socket until it has room again
-    4. select: new clients -> table.open; readable sockets -> table.received;
-       writable ones -> write what they take
-    5. push this turn's inbound codes; once a second table.tick (timeouts)
+    1. pop outbound codes -> table.deliver -> write to those clients
+    2. offer waiting inbound codes (table.push); a full queue pauses reading
+    3. select: new clients -> table.open, readable -> table.received, writable -> write
+    4. push this turn's inbound codes; once a second table.tick (timeouts)
 
-Connection ids carry the slot's generation, kept in the segment
-(``server.core.conntable``), so a reply to a connection of a dead connect
-process is dropped and counted, never delivered to a newcomer in the same
-slot.  A restarted connect process closes the slots its predecessor left
-open and tells the logic process (CLOSED codes): those connections are lost.
+A restarted connect process closes the slots its predecessor left open and
+tells the logic process (CLOSED codes): those connections are lost.
 
 SIGTERM (from the supervisor) starts a graceful stop: no new connections or
-requests; what is queued is delivered, for at most ``STOP_DEADLINE``.
+requests; everything already read is answered and written, for as long as
+work moves (``Stall``: it gives up only after ``--stop-timeout`` seconds in
+which nothing moved, and says what is left in the segment).
 """
 
 from __future__ import annotations
@@ -33,9 +29,10 @@ import signal
 import socket
 import time
 
-from ..core.clients import READ, WRITE, Client, ClientTable
+from ..core.clients import Client, ClientTable
 from ..core.config import ServerConfig
 from ..core.status import Role
+from ..core.supervision import Stall, stop_leftover
 from ..ipc.codequeue import GRACE
 from ..ipc.segment import ServerSegment
 from .common import TICK, Heartbeat, Parent, enable_stack_dumps
@@ -46,19 +43,20 @@ RECV_SIZE = 256 * 1024
 ACCEPTS_PER_TURN = 64
 OUT_CODES_PER_TURN = 4096
 ROOM_POLL = 2e-3  # while the inbound queue is full
-STOP_DEADLINE = 5.0  # seconds a graceful stop waits for queued work
 
 _DOORBELL = "doorbell"
 _LISTENER = "listener"
-# The table's interest bits are selectors' events, so they pass as they are.
-if (READ, WRITE) != (selectors.EVENT_READ, selectors.EVENT_WRITE):
-    raise ImportError("server.core.clients READ/WRITE differ from selectors' events")
+# The table's interest bits are selectors' events, so they pass as they are
+# (tests/test_clients.py checks that they are the same bits).
 
 
 class ConnectProcess:
     def __init__(self, cfg: ServerConfig, seg: ServerSegment, listener: socket.socket) -> None:
         self.inbound = seg.inbound
         self.outbound = seg.outbound
+        self.cfg = cfg
+        self.status = seg.status
+        self.written = 0  # reply bytes the sockets took
         self.heartbeat = Heartbeat(seg.status.meter(Role.CONNECT))
         self.progress = self.heartbeat.meter.progress  # codes delivered, for the watchdog
         self.table = ClientTable(cfg, seg.conns, seg.status, self._release)
@@ -85,18 +83,23 @@ class ConnectProcess:
         parent = Parent()
         table = self.table
         next_timers = self.now + 1.0
-        stop_deadline = 0.0
+        stall: Stall | None = None
         while True:
             heartbeat.turns += 1
             self.deliver()
             if table.backlog:
                 self.push()
             if self.stopping:
-                if not stop_deadline:
-                    stop_deadline = self.now + STOP_DEADLINE
+                if stall is None:
+                    stall = Stall(self.cfg.stop_timeout, self.now)
                     self.begin_stop()
                 queues_empty = self.inbound.empty() and self.outbound.empty()
-                if table.stop_done(queues_empty) or self.now > stop_deadline:
+                if table.stop_done(queues_empty):
+                    break
+                moved = (self.inbound.ring.head, self.outbound.ring.tail, self.written)
+                if stall.expired((*moved, self.status.requests(Role.LOGIC)), self.now):
+                    left = (len(self.inbound), len(self.outbound), table.unwritten())
+                    log.warning(stop_leftover(self.cfg.stop_timeout, *left))
                     break
             events = self.sel.select(self.choose_timeout())
             self.now = time.monotonic()
@@ -157,6 +160,7 @@ class ConnectProcess:
         if c.out:
             try:
                 sent = c.handle.send(c.out)
+                self.written += sent
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError as err:
@@ -246,10 +250,7 @@ def main(cfg: ServerConfig, listen_fd: int) -> int:
     seg = ServerSegment.attach(cfg)
     proc = ConnectProcess(cfg, seg, listener)
     try:
-        host, port = listener.getsockname()[:2]
-        log.info(
-            "started: clients on %s:%d, %d codes waiting outbound", host, port, len(seg.outbound)
-        )
+        log.info("started: clients on %s:%d", *listener.getsockname()[:2])
         proc.heartbeat.start()
         proc.run()
     finally:

@@ -36,7 +36,7 @@ from typing import Any
 from ..core.config import ServerConfig
 from ..core.header import StartMode
 from ..core.status import Reason, Role, StatusBoard, WorkerState
-from ..core.supervision import StopEvent, StopPhase, next_phase
+from ..core.supervision import Stall, StopEvent, StopPhase, next_phase
 from ..core.watchdog import Act, Action, Verdict, Watchdog
 from ..errors import CannotListen, CorruptSegment, SegmentInUse
 from ..ipc.segment import ServerSegment
@@ -48,7 +48,7 @@ from .workers import Worker, exit_reason, frozen, save_copy, stack_dump
 log = logging.getLogger("server.supervisor")
 
 CHECK_INTERVAL = 0.25
-STOP_TIMEOUT = 10.0  # per worker, then SIGKILL
+STOP_MARGIN = 5.0  # beyond --stop-timeout: a stopping worker may still report what is left
 _STOPPING = (StopPhase.STOPPING_CONNECT, StopPhase.STOPPING_LOGIC)
 _VERDICT_REASON = {Verdict.HUNG: Reason.HUNG, Verdict.SLOW: Reason.SLOW}
 
@@ -61,7 +61,7 @@ class Supervisor:
         self.notify = SystemdNotifier.from_environment()
         self.stop_phase = StopPhase.RUNNING
         self.stop_signals = 0
-        self.phase_deadline = 0.0
+        self.stall = Stall(cfg.stop_timeout + STOP_MARGIN, 0.0)
 
     # -- start --------------------------------------------------------------------
     def open(self) -> None:
@@ -193,10 +193,19 @@ class Supervisor:
             self.advance(StopEvent.CONNECT_EXITED, now)
         elif self.stop_phase is StopPhase.STOPPING_LOGIC and logic.proc is None:
             self.advance(StopEvent.LOGIC_EXITED, now)
-        elif self.stop_phase in _STOPPING and now > self.phase_deadline:
+        elif self.stop_phase in _STOPPING and self.stall.expired(self.movement(), now):
             w = connect if self.stop_phase is StopPhase.STOPPING_CONNECT else logic
-            log.warning("the %s process did not stop in %.0f s: killing it", w.name, STOP_TIMEOUT)
+            log.warning(
+                "the %s process did not stop, and nothing moved for %.0f s: killing it",
+                w.name,
+                self.stall.timeout,
+            )
             w.kill()
+
+    def movement(self) -> tuple[int, ...]:
+        """Changes while a stop still makes progress."""
+        s = self.status
+        return (s.progress(Role.CONNECT), s.progress(Role.LOGIC), s.requests(Role.LOGIC))
 
     def advance(self, event: StopEvent, now: float) -> None:
         """Move the stop to its next phase and do what entering it means."""
@@ -213,7 +222,7 @@ class Supervisor:
     def begin_stop(self, w: Worker, now: float) -> None:
         w.restart_at = None
         w.stop_requested = True
-        self.phase_deadline = now + STOP_TIMEOUT
+        self.stall = Stall(self.cfg.stop_timeout + STOP_MARGIN, now)
         if w.proc is not None:
             w.proc.send_signal(signal.SIGTERM)
 

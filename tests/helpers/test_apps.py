@@ -66,3 +66,9 @@ class NoHandlers:
 class FailsToStart:
     def __init__(self) -> None:
         raise RuntimeError("cannot reach the database")
+
+
+class TenMsEcho(SlowEcho):
+    """Echo, 10 ms per message: a backlog that takes seconds to answer."""
+
+    delay = 0.01
