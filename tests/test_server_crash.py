@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
-from helpers.server import EchoClient, ServerProc, frame
+from helpers.server import HELPERS, EchoClient, ServerProc, frame
 
 
 class Load:
@@ -208,3 +210,42 @@ def test_a_graceful_stop_with_a_backlog_delivers_every_reply(start_server) -> No
     again: ServerProc = start_server("--app", "test_apps:TenMsEcho", log_name="again.log")
     info = again.info()
     assert info["queues"]["inbound"]["pending"] == 0 and info["queues"]["outbound"]["pending"] == 0
+
+
+def test_a_changed_option_never_throws_pending_requests_away(start_server, key: int) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProc = start_server("--app", "test_apps:SleepyEcho")  # 2 s per request
+    c = EchoClient(server.port)
+    for n in range(3):  # in reads of their own: three codes, the first one running
+        c.send(b"%d" % n)
+        time.sleep(0.1)
+    server.wait_for(lambda i: i["queues"]["inbound"]["pending"] >= 2, what="pending requests")
+    for pid in [server.pid(r) for r in ("supervisor", "connect", "logic")]:
+        kill(pid)
+    server.kill_all()
+    pending = server.info()["queues"]["inbound"]["pending"]
+    path = os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    base = [sys.executable, "-m", "server", "run", "--port", "0", "--key", hex(key)]
+    refused = subprocess.run(
+        [*base, "--app", "test_apps:SleepyEcho", "--queue-bytes", "1000000"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert refused.returncode == 1 and "listening" not in refused.stdout
+    assert "--queue-bytes 4194304 (now 1000000)" in refused.stderr
+    assert f"{pending} codes pending inbound" in refused.stderr
+    assert "--discard-pending" in refused.stderr
+    assert server.info()["queues"]["inbound"]["pending"] == pending  # still there
+    fresh = start_server(
+        "--app",
+        "test_apps:SleepyEcho",
+        "--queue-bytes",
+        "1000000",
+        "--discard-pending",
+        log_name="fresh.log",
+    )
+    info = fresh.info()
+    assert info["start_mode"] == "init" and info["queues"]["inbound"]["pending"] == 0
+    assert f"--discard-pending: segment 0x{key:08x} was made with --queue-bytes" in fresh.log()

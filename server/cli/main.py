@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         full_message=getattr(app, "full_message", ServerConfig.full_message),
     ).validate()
     raise_fd_limit(cfg)
-    return Supervisor(cfg).run()
+    return Supervisor(cfg, discard_pending=args.discard_pending).run()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -259,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.request_timeout,
         help="kill the logic process when one request runs this long; its stack is logged "
         "at half (default %(default)s)",
+    )
+    run.add_argument(
+        "--discard-pending",
+        action="store_true",
+        help="when the options changed the segment's layout, throw away what it holds "
+        "(refused otherwise while codes are pending)",
     )
     run.set_defaults(func=cmd_run)
 

@@ -24,6 +24,7 @@ workers attach to it and validate what they find.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from ..core.config import ServerConfig
 from ..core.conntable import ConnTable
@@ -33,9 +34,11 @@ from ..core.placed import InSegment
 from ..core.setaside import CAPACITY as SETASIDE_CAPACITY
 from ..core.setaside import SetAsideLog
 from ..core.status import StatusBoard
-from ..errors import CorruptSegment
+from ..errors import ConfigError, CorruptSegment, SegmentError
 from .codequeue import CodeQueue
 from .shm import SharedMemory, SHMFactory
+
+log = logging.getLogger("server.supervisor")
 
 Layout = list[tuple[str, str, int]]
 Objects = list[tuple[str, type[InSegment], int]]
@@ -70,6 +73,72 @@ def segment_size(layout: Layout) -> int:
     return HEADER_SIZE + sum(align_up(size) for _, _, size in layout)
 
 
+def refuse_layout_change(cfg: ServerConfig, layout: Layout, discard_pending: bool) -> None:
+    """Pending work is never thrown away silently because an option changed."""
+    if not SHMFactory.exists(cfg.key):
+        return
+    try:
+        shm = SHMFactory.attach(cfg.key)
+    except (CorruptSegment, SegmentError):
+        return  # not recoverable anyway: the factory re-makes it, with a warning
+    try:
+        found = [(p.name, p.kind, p.size) for p in shm.placements()]
+        if found == layout and shm.size == segment_size(layout):
+            return
+        pending = _pending(shm)
+    finally:
+        shm.detach()
+    what = ", ".join(f"{n} {name}" for name, n in pending.items() if n) or "nothing pending"
+    differ = _options_that_differ(found, cfg)
+    if not any(pending.values()):
+        log.info("segment 0x%08x was made with %s; it holds nothing: re-made", cfg.key, differ)
+        return
+    if discard_pending:
+        log.warning(
+            "--discard-pending: segment 0x%08x was made with %s; discarding %s",
+            cfg.key,
+            differ,
+            what,
+        )
+        return
+    raise ConfigError(
+        f"segment 0x{cfg.key:08x} was made with {differ}, and it holds {what}; to keep them, "
+        f"run with the options it was made with (it drains, then stop and start anew); to throw "
+        f"them away, run with --discard-pending",
+        option=differ.split()[0] if differ.startswith("--") else "--key",
+        value=cfg.key,
+    )
+
+
+def _pending(shm: SharedMemory) -> dict[str, int]:
+    """Codes pending in each queue and connections open, read as an observer."""
+    counts = {"codes pending inbound": 0, "codes pending outbound": 0, "open connections": 0}
+    for p in shm.placements():
+        kind = KINDS.get(p.kind)
+        if kind is CodeQueue and p.name in ("inbound", "outbound"):
+            queue = CodeQueue.place(shm, p.name, CodeQueue.param_of(p.size), observer=True)
+            counts[f"codes pending {p.name}"] = len(queue)
+        elif kind is ConnTable:
+            counts["open connections"] = ConnTable.place(
+                shm, p.name, ConnTable.param_of(p.size), observer=True
+            ).count_open()
+        else:
+            shm.place(p.name, p.kind, p.size)  # keep the order; nothing to count
+    return counts
+
+
+def _options_that_differ(found: Layout, cfg: ServerConfig) -> str:
+    sizes = {name: size for name, _, size in found}
+    differ = []
+    if "inbound" in sizes and CodeQueue.param_of(sizes["inbound"]) != cfg.queue_bytes:
+        differ.append(
+            f"--queue-bytes {CodeQueue.param_of(sizes['inbound'])} (now {cfg.queue_bytes})"
+        )
+    if "conns" in sizes and ConnTable.param_of(sizes["conns"]) != cfg.max_conns:
+        differ.append(f"--max-conns {ConnTable.param_of(sizes['conns'])} (now {cfg.max_conns})")
+    return ", ".join(differ) or "another layout (another version of the server?)"
+
+
 class ServerSegment:
     """The objects of one server segment, placed (INIT) or found (RECOVER)."""
 
@@ -91,9 +160,12 @@ class ServerSegment:
             raise
 
     @classmethod
-    def create(cls, cfg: ServerConfig) -> ServerSegment:
-        """The supervisor's start: INIT or RECOVER."""
+    def create(cls, cfg: ServerConfig, *, discard_pending: bool = False) -> ServerSegment:
+        """The supervisor's start: INIT or RECOVER.  A segment laid out for
+        other options is re-made only if it holds nothing pending (or with
+        ``discard_pending``); otherwise ``ConfigError`` says what differs."""
         layout = server_layout(cfg)
+        refuse_layout_change(cfg, layout, discard_pending)
         return cls(SHMFactory.create_product(cfg.key, segment_size(layout), layout), cfg)
 
     @classmethod

@@ -54,8 +54,9 @@ _VERDICT_REASON = {Verdict.HUNG: Reason.HUNG, Verdict.SLOW: Reason.SLOW}
 
 
 class Supervisor:
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, *, discard_pending: bool = False) -> None:
         self.cfg = cfg
+        self.discard_pending = discard_pending
         self.workers = {r: Worker(r) for r in (Role.LOGIC, Role.CONNECT)}
         self.watchdog = Watchdog(cfg.hang_timeout, cfg.request_timeout, signal_name=signal_name)
         self.notify = SystemdNotifier.from_environment()
@@ -78,7 +79,7 @@ class Supervisor:
             ) from None
         self.address = self.listener.getsockname()[:2]
         try:
-            self.seg = ServerSegment.create(cfg)
+            self.seg = ServerSegment.create(cfg, discard_pending=self.discard_pending)
         except CorruptSegment as err:
             path = save_copy(cfg.key)
             log.warning(
