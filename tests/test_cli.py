@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import sysv_ipc
 
 from server import CodeQueue, SHMFactory
@@ -87,3 +88,57 @@ def test_clean_leaves_other_programs_segments_alone(key: int) -> None:
     forced = run("clean", "--key", hex(key), "--force")
     assert forced.returncode == 0 and "removed segment" in forced.stdout
     assert not SHMFactory.exists(key)
+
+
+def test_the_first_things_a_newcomer_types() -> None:
+    bare = run()
+    assert bare.returncode == 2 and "Examples:" in bare.stdout and "worker" not in bare.stdout
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("python -m server 0.")
+    assert "worker" not in run("--help").stdout  # started by run, not by people
+    late = run("inspect", "-v", "--key", "0x1234")  # -v after the command is fine
+    assert late.returncode == 1 and "no segment with key 0x00001234" in late.stderr
+    assert run("inspect", "--key", "0xffffffff").returncode == 1  # a valid key, as ipcs shows it
+    assert run("inspect", "--key", "0x100000000").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--max-frame", "0"], "--max-frame 0"),
+        (["--host", "999.1.1.1"], "--host '999.1.1.1': not a valid address or host name"),
+        (["--port", "70000"], "--port 70000"),
+    ],
+)
+def test_bad_values_are_bad_usage_and_say_why(args: list[str], says: str, key: int) -> None:
+    result = run("run", "--port", "0", "--key", hex(key), *args)
+    assert result.returncode == 2
+    assert says in result.stderr and not SHMFactory.exists(key)
+
+
+def test_a_large_frame_limit_needs_no_other_option(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--max-frame", "1048576")
+    big = b"x" * 1048576
+    from helpers.server import EchoClient
+
+    assert EchoClient(server.port, timeout=30).request(big) == big
+
+
+def test_the_line_client_reads_a_file(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--app", "chat")
+    listener = __import__("helpers.server", fromlist=["LineClient"]).LineClient(server.port)
+    assert listener.line().startswith("* welcome")
+    lines = tmp_path / "lines.txt"
+    lines.write_text("hello from a file\nsecond line\n")
+    with lines.open() as stdin:
+        out = subprocess.run(
+            [sys.executable, "-m", "server", "client", "--port", str(server.port)],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert out.returncode == 0, out.stderr
+    assert "the server closed the connection" in out.stdout
+    got = [listener.line() for _ in range(4)]
+    assert "hello from a file" in got[1] and "second line" in got[2] and "left" in got[3]

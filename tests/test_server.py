@@ -219,7 +219,7 @@ def test_bad_options_are_named(bad: list[str], key: int) -> None:
         text=True,
         timeout=30,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # a value the server cannot run with: bad usage
     assert result.stderr.startswith("Error: " + bad[0])
 
 

@@ -233,7 +233,7 @@ def test_a_changed_option_never_throws_pending_requests_away(start_server, key: 
         timeout=30,
         env=env,
     )
-    assert refused.returncode == 1 and "listening" not in refused.stdout
+    assert refused.returncode == 2 and "listening" not in refused.stdout
     assert "--queue-bytes 4194304 (now 1000000)" in refused.stderr
     assert f"{pending} codes pending inbound" in refused.stderr
     assert "--discard-pending" in refused.stderr

@@ -123,7 +123,7 @@ def test_merge_report_merges_one_level_deep() -> None:
 
 def test_format_status_is_a_pure_table() -> None:
     info = {
-        "segment": {"key": 0x53544350, "id": 7, "size": 8192, "mode": "0600", "attached": 3},
+        "segment": {"key": "0x53544350", "id": 7, "size": 8192, "mode": "0600", "attached": 3},
         "start_mode": "recover",
         "generation": 2,
         "processes": {

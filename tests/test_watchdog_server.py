@@ -195,7 +195,7 @@ def test_a_bad_app_is_an_error_before_listening(app: str, says: str, key: int) -
         timeout=30,
         env=dict(os.environ, PYTHONPATH=path),
     )
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert says in out.stderr and "listening" not in out.stdout
     assert not SHMFactory.exists(key)
 

@@ -97,8 +97,8 @@ def format_status(info: dict[str, Any]) -> str:
     """The inspector's table, from ``describe``'s dict."""
     seg = info["segment"]
     lines = [
-        f"segment  key 0x{seg['key']:08x}  id {seg['id']}  {seg['size']} bytes  mode {seg['mode']}",
-        f"         attached by {seg['attached']} process(es); last start {info['start_mode']}, "
+        f"segment  key {seg['key']}  id {seg['id']}  {seg['size']} bytes  mode {seg['mode']}",
+        f"         attached by {seg['attached']} other process(es); last start {info['start_mode']}, "
         f"generation {info['generation']}",
     ]
     if "processes" in info:
@@ -138,8 +138,9 @@ def format_status(info: dict[str, Any]) -> str:
             f"{info.get('codes_processed', 0)}; poison requests set aside {info.get('set_aside', 0)}"
             + (" (inspect --set-aside shows them)" if info.get("set_aside") else ""),
         ]
-    if "counters" in info:
-        lines.append("  ".join(f"{k} {v}" for k, v in info["counters"].items()))
+    if "counters" in info:  # connections_open is in the line above
+        counters = {k: v for k, v in info["counters"].items() if k != "connections_open"}
+        lines.append("  ".join(f"{k} {v}" for k, v in counters.items()))
     lines += ["", f"{'object':<11} {'kind':<12} {'offset':>8} {'size':>9}"]
     for o in info["objects"]:
         lines.append(f"{o['name']:<11} {o['kind']:<12} {o['offset']:>8} {o['size']:>9}")

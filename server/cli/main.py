@@ -8,16 +8,18 @@ Examples:
     python -m server clean                # remove the segment (server stopped)
     python -m server demo                 # codes survive a kill -9, step by step
 
-Exit codes: 0 success, 1 an error (printed as ``Error: ...``), 2 bad usage,
-130 interrupted.
+Exit codes: 0 success, 1 an error (printed as ``Error: ...``), 2 bad usage
+(an unknown option, or a value the server cannot run with), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
+import socket
 import sys
 
 from ..core.app import check_app, load_app
@@ -33,6 +35,14 @@ from .demo import run_demo
 from .inspect import describe, format_set_aside, format_status
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("stepwise-tcp-server")
+    except importlib.metadata.PackageNotFoundError:  # run from a folder without pip install
+        return "(not installed)"
 
 
 def parse_key(text: str) -> int:
@@ -42,8 +52,8 @@ def parse_key(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"a key is a number like 0x53544350, not {text!r}"
         ) from None
-    if not 0 < key < 1 << 31:
-        raise argparse.ArgumentTypeError(f"a key must be between 1 and 2**31-1, got {text!r}")
+    if not 0 < key <= 0xFFFF_FFFF:
+        raise argparse.ArgumentTypeError(f"a key is 1..0xffffffff (as ipcs shows it), got {text!r}")
     return key
 
 
@@ -96,6 +106,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:  # --app MODULE:ATTR from the current directory
         sys.path.insert(0, os.getcwd())
+    try:
+        socket.getaddrinfo(args.host, None)
+    except socket.gaierror:
+        raise ConfigError(
+            f"--host {args.host!r}: not a valid address or host name",
+            option="--host",
+            value=args.host,
+        ) from None
     app = load_app(args.app)
     check_app(app, args.app)  # a bad app fails here, not in a crash loop of workers
     cfg = ServerConfig(
@@ -155,17 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__[__doc__.index("Examples:") :],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (DEBUG)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="INFO unless -v")
+    # the same two options after the command too ("run -v"); SUPPRESS keeps
+    # a value given before the command when none is given after it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="{run,client,inspect,clean,demo}")
 
-    demo = sub.add_parser("demo", help="show pending codes surviving kill -9")
+    demo = sub.add_parser("demo", parents=[common], help="show pending codes surviving kill -9")
     demo.add_argument("--key", type=parse_key, help="segment key (default: a random one)")
     demo.add_argument(
         "--codes", type=int, default=1000, help="codes to leave pending (default 1000)"
     )
     demo.set_defaults(func=cmd_demo)
 
-    inspect = sub.add_parser("inspect", help="show what is in a segment, without changing it")
+    inspect = sub.add_parser(
+        "inspect", parents=[common], help="show what is in a segment, without changing it"
+    )
     inspect.add_argument("--key", type=parse_key, default=DEFAULT_KEY)
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.add_argument(
@@ -177,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
+        parents=[common],
         help="run the server (supervisor, connect and logic processes)",
         description="Run the server. Ctrl-C stops it gracefully; the segment stays, so the "
         "next run recovers whatever was pending.",
@@ -225,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--out-buffer",
         type=int,
-        default=defaults.out_buffer,
-        help="unread reply bytes before reading from a client pauses (default %(default)s)",
+        default=0,
+        help="unread reply bytes before reading from a client pauses (default: 1 MiB, or two of "
+        "the largest frames if more)",
     )
     run.add_argument(
         "--send-timeout",
@@ -268,18 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    worker = sub.add_parser("worker")  # started by `run`, not by people
+    worker = sub.add_parser(
+        "worker", parents=[common]
+    )  # started by `run`, not by people: no help, not listed
     worker.add_argument("role", choices=["connect", "logic"])
     worker.add_argument("--config", required=True)
     worker.add_argument("--listen-fd", type=int)
     worker.set_defaults(func=cmd_worker)
 
-    cli = sub.add_parser("client", help="a small interactive line client (for the chat app)")
+    cli = sub.add_parser(
+        "client", parents=[common], help="a small interactive line client (for the chat app)"
+    )
     cli.add_argument("--host", default="127.0.0.1")
     cli.add_argument("--port", type=int, default=DEFAULT_PORT)
     cli.set_defaults(func=cmd_client)
 
-    clean = sub.add_parser("clean", help="remove a segment (refused while in use)")
+    clean = sub.add_parser(
+        "clean", parents=[common], help="remove a segment (refused while in use)"
+    )
     clean.add_argument("--key", type=parse_key, default=DEFAULT_KEY)
     clean.add_argument(
         "--force", action="store_true", help="remove it even if it is not one of our segments"
@@ -289,18 +324,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
     role = {"run": "supervisor", "worker": getattr(args, "role", "")}.get(
         args.command, args.command
     )
+    level = args.log_level or ("DEBUG" if args.verbose else "INFO")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=getattr(logging, level),
         format=f"%(asctime)s {role}[{os.getpid()}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     try:
         code: int = args.func(args)
         return code
+    except ConfigError as err:  # a bad option value is bad usage too
+        print(f"Error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except ServerError as err:
         print(f"Error: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -176,7 +176,7 @@ class ClientTable:
         self.clients[conn] = c
         self.counters.add("connections_accepted")
         self.counters.set("connections_open", len(self.clients))
-        log.debug("connection %#x from %s", conn, peer)
+        log.info("connection %#x from %s", conn, peer)
         self.inq.append(encode(Kind.OPENED, conn, peer.encode()))
         return c
 
@@ -190,7 +190,7 @@ class ClientTable:
             self.counters.add("closed_for_abuse")
             log.warning("closed connection %#x from %s: %s", c.conn, c.peer, reason)
         else:
-            log.debug("closed connection %#x from %s: %s", c.conn, c.peer, reason)
+            log.info("closed connection %#x from %s: %s", c.conn, c.peer, reason)
         self.inq.append(encode(Kind.CLOSED, c.conn, reason.encode()))
         self.on_closed(c, reason)
 

@@ -19,6 +19,7 @@ from .ring import RECORD_HEADER
 
 DEFAULT_KEY = 0x53544350  # "STCP"
 DEFAULT_PORT = 7000
+DEFAULT_OUT_BUFFER = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class ServerConfig:
     max_conns: int = 1000
     queue_bytes: int = 4 * 1024 * 1024
     idle_timeout: float = 300.0  # seconds without input before a client is closed; 0: never
-    out_buffer: int = 1024 * 1024  # unread reply bytes before reading from a client pauses
+    out_buffer: int = 0  # unread reply bytes before reading from a client pauses; 0: derived
     send_timeout: float = 30.0  # seconds a client may leave replies unread before it is closed
     frame_timeout: float = 30.0  # seconds a client may take to finish a frame it began
     hang_timeout: float = 5.0  # seconds without a heartbeat before a worker is killed (frozen)
@@ -48,10 +49,13 @@ class ServerConfig:
             raise bad("--framing", self.framing, f"choose one of {', '.join(FRAMINGS)}")
         if not 0 <= self.port < 65536:
             raise bad("--port", self.port, "a port is 0..65535 (0: pick a free one)")
-        if not 0 < self.key < 1 << 31:
-            raise bad("--key", self.key, "a key is 1..2**31-1")
-        if not 0 <= self.max_frame < 1 << 31:
-            raise bad("--max-frame", self.max_frame, "bytes, 0..2**31-1")
+        if not 0 < self.key <= 0xFFFF_FFFF:
+            raise bad("--key", self.key, "a key is 1..0xffffffff (as ipcs shows it)")
+        if not 1 <= self.max_frame < 1 << 31:
+            raise bad("--max-frame", self.max_frame, "bytes, 1..2**31-1")
+        if self.out_buffer == 0:  # enough for 1 MiB, and for two of the largest frames
+            derived = max(DEFAULT_OUT_BUFFER, 2 * (self.max_frame + 4))
+            return dataclasses.replace(self, out_buffer=derived).validate()
         if not 1 <= self.max_conns <= 100_000:
             raise bad("--max-conns", self.max_conns, "1..100000")
         smallest = 2 * (self.max_frame + CODE_HEADER + RECORD_HEADER)

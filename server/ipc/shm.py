@@ -57,12 +57,12 @@ class _Attached:
     def stat(self) -> dict[str, Any]:
         seg = self.seg
         return {
-            "key": seg.key,
+            "key": f"0x{seg.key & 0xFFFFFFFF:08x}",  # sysv_ipc reports key_t signed
             "id": seg.id,
             "size": seg.size,
             "mode": f"{seg.mode & 0o777:04o}",
             "uid": seg.uid,
-            "attached": seg.number_attached,
+            "attached": seg.number_attached - 1,  # the others: not this reader
             "creator_pid": seg.creator_pid,
             "last_pid": seg.last_pid,
         }

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -53,6 +54,19 @@ _STOPPING = (StopPhase.STOPPING_CONNECT, StopPhase.STOPPING_LOGIC)
 _VERDICT_REASON = {Verdict.HUNG: Reason.HUNG, Verdict.SLOW: Reason.SLOW}
 
 
+def _why(err: OSError) -> str:
+    """What a failed bind means for the user."""
+    if isinstance(err, socket.gaierror) or (err.errno or 0) < 0:  # getaddrinfo's EAI_* codes
+        return "--host is not a valid address or host name"
+    if err.errno == errno.EADDRINUSE:
+        return "is another server using the port? pick another with --port (0: any free one)"
+    if err.errno == errno.EADDRNOTAVAIL:
+        return "--host is not an address of this machine"
+    if err.errno == errno.EACCES:
+        return "ports below 1024 need privileges; pick another with --port"
+    return "check --host and --port"
+
+
 class Supervisor:
     def __init__(self, cfg: ServerConfig, *, discard_pending: bool = False) -> None:
         self.cfg = cfg
@@ -72,8 +86,8 @@ class Supervisor:
             self.listener = socket.create_server((cfg.host, cfg.port), backlog=1024)
         except OSError as err:
             raise CannotListen(
-                f"cannot listen on {cfg.host}:{cfg.port}: {err.strerror or err}; "
-                f"is another server using the port? pick another with --port (0: any free one)",
+                f"cannot listen on {cfg.host}:{cfg.port}: {(err.strerror or str(err)).split(' (')[0]}; "
+                f"{_why(err)}",
                 host=cfg.host,
                 port=cfg.port,
             ) from None
@@ -125,7 +139,8 @@ class Supervisor:
             )
 
     def spawn(self, w: Worker, now: float) -> None:
-        w.start(self.cfg, self.listener, verbose=log.isEnabledFor(logging.DEBUG))
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        w.start(self.cfg, self.listener, log_level=level if isinstance(level, str) else "INFO")
         assert w.proc is not None
         self.status.started(w.role, w.proc.pid, w.reason, w.detail)
         self.watchdog.started(w.role, now, self.status.progress(w.role))

@@ -52,8 +52,8 @@ class Worker:
     def name(self) -> str:
         return self.role.name.lower()
 
-    def start(self, cfg: ServerConfig, listener: object, *, verbose: bool = False) -> None:
-        cmd = [sys.executable, "-m", "server", *(["-v"] if verbose else []), "worker", self.name]
+    def start(self, cfg: ServerConfig, listener: object, *, log_level: str = "INFO") -> None:
+        cmd = [sys.executable, "-m", "server", "--log-level", log_level, "worker", self.name]
         cmd += ["--config", cfg.to_json()]
         fds: tuple[int, ...] = ()
         if self.role is Role.CONNECT:
