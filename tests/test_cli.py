@@ -142,3 +142,23 @@ def test_the_line_client_reads_a_file(start_server, tmp_path) -> None:  # type: 
     assert "the server closed the connection" in out.stdout
     got = [listener.line() for _ in range(4)]
     assert "hello from a file" in got[1] and "second line" in got[2] and "left" in got[3]
+
+
+def test_inspect_watch_refreshes_until_ctrl_c(key: int) -> None:
+    import signal
+    import time
+
+    with SHMFactory.create_product(key, 1 << 16) as shm:
+        CodeQueue(shm, 3333, "inbound")
+        shm.mark_ready()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "inspect", "--key", hex(key), "--watch"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    assert out.count("Ctrl-C to stop") >= 2 and "inbound" in out and "Traceback" not in err

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 from ..core.app import check_app, load_app
 from ..core.config import DEFAULT_KEY, DEFAULT_PORT, ServerConfig
@@ -61,6 +62,8 @@ def parse_key(text: str) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.watch:
+        return watch_status(args.key)
     with SHMFactory.attach(args.key) as shm:
         info = describe(shm, set_aside=args.set_aside)
     if args.set_aside:
@@ -69,6 +72,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(info, indent=2) if args.json else format_status(info))
     return EXIT_OK
+
+
+def watch_status(key: int, interval: float = 1.0) -> int:
+    """The inspector's table, refreshed in place every second until Ctrl-C."""
+    tty = sys.stdout.isatty()
+    while True:
+        with SHMFactory.attach(key) as shm:
+            text = format_status(describe(shm))
+        stamp = time.strftime("%H:%M:%S")
+        if tty:
+            sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: the table stays in place
+        print(f"{stamp}  (refreshed every {interval:g} s; Ctrl-C to stop)\n{text}\n", flush=True)
+        time.sleep(interval)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -195,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--key", type=parse_key, default=DEFAULT_KEY)
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument(
+        "--watch", action="store_true", help="refresh the table every second until Ctrl-C"
+    )
     inspect.add_argument(
         "--set-aside",
         action="store_true",
