@@ -16,6 +16,7 @@ callers that only know the builtins still catch it::
     +-- Detached (ValueError)             the segment was detached: you closed it
     +-- CodeTooLarge (ValueError)         a code can never fit in its queue
     +-- DoorbellInUse (OSError)           another consumer listens on a doorbell
+    +-- DoorbellPermissionError (PermissionError)  its folder is not safely ours
     +-- ProtocolError (ValueError)        a client broke the framing
     |   +-- FrameTooLarge                 ... with a frame over the limit
     +-- ConfigError (ValueError)          an option has a value we cannot run with
@@ -172,6 +173,15 @@ class DoorbellInUse(ServerError, OSError):
     def __init__(self, message: str, *, address: bytes = b"") -> None:
         super().__init__(message)
         self.address = address
+
+
+class DoorbellPermissionError(ServerError, PermissionError):
+    """The doorbells' folder ``path`` is missing, not ours, or open to others:
+    another user could take or ring our doorbells."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # -- wire protocol ------------------------------------------------------------

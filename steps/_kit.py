@@ -31,6 +31,7 @@ from typing import Any
 
 import sysv_ipc
 
+from server.ipc.doorbell import remove_doorbells
 from server.proc.common import Parent, exit_text
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -246,6 +247,7 @@ class Stage:
                     seg = sysv_ipc.SharedMemory(key, 0)
                     seg.remove()
                     seg.detach()
+                remove_doorbells(key)  # a killed consumer leaves its doorbell's file
         finally:
             signal.signal(signal.SIGINT, self._previous)
         if self._interrupted:

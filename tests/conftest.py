@@ -36,6 +36,9 @@ def remove_everything(key: int) -> None:
         seg.detach()
     with contextlib.suppress(sysv_ipc.ExistentialError):
         sysv_ipc.Semaphore(key).remove()
+    from server.ipc.doorbell import remove_doorbells
+
+    remove_doorbells(key)  # a killed consumer leaves its doorbell's socket file
 
 
 class Procs:

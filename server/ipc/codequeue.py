@@ -33,7 +33,8 @@ it.  An idle consumer wakes about once a second: no busy polling.
 One producer and one consumer.  Whoever takes a role in a new process calls
 ``recover_producer()`` or ``recover_consumer()`` once: it repairs that side's
 statistics after a crash and clears a sleeping flag left set by a dead
-consumer.  The doorbell is a Linux abstract socket, so nothing is left behind.
+consumer.  The doorbell is a Unix socket in a folder only this user may use
+(``server.ipc.doorbell``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from ..core.codering import CodeRing
 from ..core.header import StartMode
 from ..core.placed import Allocator, InSegment
 from ..core.ring import CONTROL_SIZE, full_fence, region_size
-from .doorbell import Doorbell, doorbell_address
+from .doorbell import Doorbell, doorbell_name
 from .shm import SharedMemory
 
 __all__ = ["CodeQueue", "region_size"]
@@ -79,7 +80,7 @@ class CodeQueue(InSegment):
         self.ring = self._ring  # for the step journal, which reads head and tail
         self.capacity = capacity
         self.max_code = self._ring.max_code
-        self.doorbell = Doorbell(doorbell_address(shm.key, name))
+        self.doorbell = Doorbell(doorbell_name(shm.key, name))
         self._ring.waker = self.doorbell.ring  # no fence: see GRACE above
         shm.on_detach(self.close)
         # Bind the hot methods once: they are called per code.

@@ -36,6 +36,7 @@ import sysv_ipc
 from ..core.allocator import SharedMemory, key_text
 from ..core.header import HEADER_SIZE, SegmentHeader, StartMode
 from ..errors import SegmentError, SegmentInUse, SegmentPermissionError
+from .doorbell import remove_doorbells
 
 __all__ = ["SHMFactory", "SharedMemory", "StartMode", "MODE"]
 
@@ -227,6 +228,7 @@ class SHMFactory:
             )
         seg.remove()
         seg.detach()
+        remove_doorbells(key)
         log.info("removed segment %s", key_text(key))
         return True
 

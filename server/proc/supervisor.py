@@ -29,6 +29,7 @@ import errno
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import time
@@ -39,7 +40,8 @@ from ..core.header import StartMode
 from ..core.status import Reason, Role, StatusBoard, WorkerState
 from ..core.supervision import Stall, StopEvent, StopPhase, next_phase
 from ..core.watchdog import Act, Action, Verdict, Watchdog
-from ..errors import CannotListen, CorruptSegment, SegmentInUse
+from ..errors import CannotListen, CorruptSegment, DoorbellPermissionError, SegmentInUse
+from ..ipc.doorbell import private_run_dir, run_dir
 from ..ipc.segment import ServerSegment
 from ..ipc.shm import SHMFactory
 from .common import monotonic_ms, signal_name
@@ -92,6 +94,7 @@ class Supervisor:
                 port=cfg.port,
             ) from None
         self.address = self.listener.getsockname()[:2]
+        self.run_dir, self.own_run_dir = self.doorbell_folder()
         try:
             self.seg = ServerSegment.create(cfg, discard_pending=self.discard_pending)
         except CorruptSegment as err:
@@ -123,6 +126,16 @@ class Supervisor:
         else:
             log.info("start mode INIT: a new segment 0x%08x", cfg.key)
 
+    def doorbell_folder(self) -> tuple[str, bool]:
+        """Where the workers' doorbells go; a private folder of our own if
+        the usual one is not safely ours (a squatter cannot stop us)."""
+        try:
+            return run_dir(), False
+        except DoorbellPermissionError as err:
+            path = private_run_dir()
+            log.warning("%s; using a private folder for the doorbells instead: %s", err, path)
+            return path, True
+
     def board(self, status: StatusBoard) -> None:
         self.status = status
         self.meter = status.meter(Role.SUPERVISOR)
@@ -140,7 +153,12 @@ class Supervisor:
 
     def spawn(self, w: Worker, now: float) -> None:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        w.start(self.cfg, self.listener, log_level=level if isinstance(level, str) else "INFO")
+        w.start(
+            self.cfg,
+            self.listener,
+            log_level=level if isinstance(level, str) else "INFO",
+            run_dir=self.run_dir,
+        )
         assert w.proc is not None
         self.status.started(w.role, w.proc.pid, w.reason, w.detail)
         self.watchdog.started(w.role, now, self.status.progress(w.role))
@@ -349,6 +367,8 @@ class Supervisor:
                 w.proc = None
         if hasattr(self, "listener"):
             self.listener.close()
+        if getattr(self, "own_run_dir", False):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         if hasattr(self, "seg"):
             for role in Role:
                 self.status.stopped(role)

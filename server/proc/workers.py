@@ -31,6 +31,7 @@ from ..core.config import ServerConfig
 from ..core.status import Reason, Role, StatusBoard
 from ..core.watchdog import Seen
 from ..errors import ConfigError
+from ..ipc.doorbell import RUN_DIR_ENV
 from ..ipc.shm import SHMFactory
 from .common import PARENT_ENV, STACK_SIGNAL, exit_text
 
@@ -52,7 +53,9 @@ class Worker:
     def name(self) -> str:
         return self.role.name.lower()
 
-    def start(self, cfg: ServerConfig, listener: object, *, log_level: str = "INFO") -> None:
+    def start(
+        self, cfg: ServerConfig, listener: object, *, log_level: str = "INFO", run_dir: str = ""
+    ) -> None:
         cmd = [sys.executable, "-m", "server", "--log-level", log_level, "worker", self.name]
         cmd += ["--config", cfg.to_json()]
         fds: tuple[int, ...] = ()
@@ -60,6 +63,8 @@ class Worker:
             fds = (listener.fileno(),)  # type: ignore[attr-defined]
             cmd += ["--listen-fd", str(fds[0])]
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+        if run_dir:
+            env[RUN_DIR_ENV] = run_dir  # the doorbells' folder, checked by the supervisor
         self.proc = subprocess.Popen(
             cmd, pass_fds=fds, stdin=subprocess.DEVNULL, process_group=0, env=env
         )
