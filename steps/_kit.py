@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
@@ -238,10 +239,10 @@ class Stage:
                 child.signal(signal.SIGTERM)
             for child in self.children:
                 try:
-                    child.proc.wait(10)
+                    _reap(child.proc, 10)
                 except subprocess.TimeoutExpired:
                     child.proc.kill()
-                    child.proc.wait(10)
+                    _reap(child.proc, 10)
             for key in self.keys:
                 with contextlib.suppress(sysv_ipc.ExistentialError):
                     seg = sysv_ipc.SharedMemory(key, 0)
@@ -255,6 +256,24 @@ class Stage:
 
 
 _EXIT_CODE = Stage.__exit__.__code__
+
+
+def _reap(proc: subprocess.Popen[str], timeout: float) -> None:
+    """``proc.wait(timeout)`` without Popen's lock: a Ctrl-C that lands
+    inside ``Popen.poll`` can leave that lock taken, and ``wait`` would then
+    never see the child end."""
+    deadline = time.monotonic() + timeout
+    while proc.returncode is None:
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already, by Popen
+            return
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(0.02)
 
 
 def roles_parser(
