@@ -119,6 +119,23 @@ def cmd_clean(args: argparse.Namespace) -> int:
 # -- run, worker, client ---------------------------------------------------------------
 
 
+# The options of ``run`` that are plain numbers of ServerConfig, with their help.
+TUNABLES = {
+    "max_frame": "largest frame in bytes; a larger one closes that connection",
+    "max_conns": "clients at once",
+    "queue_bytes": "capacity of each code queue",
+    "idle_timeout": "close a client silent this many seconds; 0 never",
+    "out_buffer": "unread reply bytes before reading from a client pauses",
+    "send_timeout": "close a client that takes no reply bytes for this long",
+    "frame_timeout": "close a client that takes longer to finish a frame it began",
+    "hang_timeout": "kill and restart a frozen worker: no heartbeat for this long",
+    "stop_timeout": "a graceful stop delivers everything it accepted, giving up only when "
+    "nothing moved for this long",
+    "request_timeout": "kill the logic process when one request runs this long; its stack "
+    "is logged at half",
+}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:  # --app MODULE:ATTR from the current directory
         sys.path.insert(0, os.getcwd())
@@ -138,16 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         port=args.port,
         key=args.key,
         framing=args.framing or getattr(app, "framing", "length"),
-        max_frame=args.max_frame,
-        max_conns=args.max_conns,
-        queue_bytes=args.queue_bytes,
-        idle_timeout=args.idle_timeout,
-        out_buffer=args.out_buffer,
-        send_timeout=args.send_timeout,
-        frame_timeout=args.frame_timeout,
-        hang_timeout=args.hang_timeout,
-        request_timeout=args.request_timeout,
-        stop_timeout=args.stop_timeout,
+        **{name: getattr(args, name) for name in TUNABLES},
         full_message=getattr(app, "full_message", ServerConfig.full_message),
     ).validate()
     raise_fd_limit(cfg)
@@ -245,69 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--framing", choices=["length", "line"], help="default: the app's (echo length, chat line)"
     )
-    run.add_argument(
-        "--max-frame",
-        type=int,
-        default=defaults.max_frame,
-        help="largest frame in bytes; a larger one closes that connection (default %(default)s)",
-    )
-    run.add_argument(
-        "--max-conns",
-        type=int,
-        default=defaults.max_conns,
-        help="clients at once (default %(default)s)",
-    )
-    run.add_argument(
-        "--queue-bytes",
-        type=int,
-        default=defaults.queue_bytes,
-        help="capacity of each code queue (default %(default)s)",
-    )
-    run.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=defaults.idle_timeout,
-        help="close a client silent this many seconds; 0 never (default %(default)s)",
-    )
-    run.add_argument(
-        "--out-buffer",
-        type=int,
-        default=0,
-        help="unread reply bytes before reading from a client pauses (default: 1 MiB, or two of "
-        "the largest frames if more)",
-    )
-    run.add_argument(
-        "--send-timeout",
-        type=float,
-        default=defaults.send_timeout,
-        help="close a client that takes no reply bytes for this long (default %(default)s)",
-    )
-    run.add_argument(
-        "--frame-timeout",
-        type=float,
-        default=defaults.frame_timeout,
-        help="close a client that takes longer to finish a frame it began (default %(default)s)",
-    )
-    run.add_argument(
-        "--hang-timeout",
-        type=float,
-        default=defaults.hang_timeout,
-        help="kill and restart a frozen worker: no heartbeat for this long (default %(default)s)",
-    )
-    run.add_argument(
-        "--stop-timeout",
-        type=float,
-        default=defaults.stop_timeout,
-        help="a graceful stop delivers everything it accepted, giving up only when nothing "
-        "moved for this long (default %(default)s)",
-    )
-    run.add_argument(
-        "--request-timeout",
-        type=float,
-        default=defaults.request_timeout,
-        help="kill the logic process when one request runs this long; its stack is logged "
-        "at half (default %(default)s)",
-    )
+    for name, help_text in TUNABLES.items():  # one line per option, named as in ServerConfig
+        default = getattr(defaults, name)
+        shown = (
+            "default: 1 MiB, or two of the largest frames if more"
+            if name == "out_buffer"
+            else ("default %(default)s")
+        )
+        run.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            help=f"{help_text} ({shown})",
+        )
     run.add_argument(
         "--discard-pending",
         action="store_true",
