@@ -21,7 +21,7 @@ The names below are the public API::
 
     shm = SHMFactory.create_product(key, size)   # INIT, or RECOVER if it exists
     q = CodeQueue(shm, 1 << 16, "inbound")       # INIT formats, RECOVER keeps
-    shm.mark_ready()
+    q.push(b"hello"); q.pop()                    # nothing else to call, ever
 """
 
 from .core.app import Conn

@@ -7,7 +7,8 @@ Python faces of the original design:
 * ``SHMFactory.create_product(key, size)`` (``server/ipc/shm.py``): step 05's
   create-or-attach, plus the checks it left out (size, owner, mode 0600)
   and a *header* at the start of the segment: a magic number, a layout
-  version, a ready flag and a directory of every object placed.
+  version and a directory of every object placed, each entry marked DONE
+  once that object finished initialising (step 07 shows why).
 * ``SharedMemory.place(name, kind, size)``: the allocator.  In the C++
   original ``operator new`` was overloaded to hand out the next free bytes
   of the segment; here ``place`` hands out the next region as a
@@ -85,7 +86,6 @@ def answer(inbound: CodeQueue, outbound: CodeQueue, each: Callable[[Code], None]
 def run_logic(key: int) -> None:
     shm = SHMFactory.attach(key)
     inbound, outbound = place_queues(shm)
-    shm.mark_ready()
     say(f"attached in mode {shm.start_mode.name} (a joining process checks, never formats)")
     say("sleeping on the inbound doorbell")
     answer(inbound, outbound, lambda message: None)
@@ -121,7 +121,6 @@ def main(argv: list[str]) -> int:
         key = stage.new_key()
         shm = SHMFactory.create_product(key, SIZE, LAYOUT)
         inbound, outbound = place_queues(shm)
-        shm.mark_ready()
         say(
             f"1. SHMFactory made segment 0x{key:08x} ({SIZE} bytes, start mode "
             f"{shm.start_mode.name}); the allocator placed two CodeQueues after the header:"
@@ -150,7 +149,6 @@ def main(argv: list[str]) -> int:
         shm = SHMFactory.create_product(key, SIZE, LAYOUT)
         say(f"   start mode {shm.start_mode.name}: re-made, not trusted.")
         inbound, outbound = place_queues(shm)
-        shm.mark_ready()
         tail = next(p.offset for p in shm.placements() if p.name == "inbound") + 64
         shm.detach()
 

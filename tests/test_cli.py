@@ -32,7 +32,6 @@ def test_demo_shows_codes_surviving_kill_9(key: int) -> None:
 def test_inspect_and_clean(key: int) -> None:
     with SHMFactory.create_product(key, 1 << 16) as shm:
         q = CodeQueue(shm, 3333, "inbound")
-        shm.mark_ready()
         q.push_many([b"a", b"bb", b"ccc"])
         q.pop()
         busy = run("clean", "--key", hex(key))
@@ -62,7 +61,6 @@ def test_inspect_into_a_closed_pipe_is_quiet(key: int) -> None:
     """``inspect | head -1``: the reader leaves before the table is written."""
     with SHMFactory.create_product(key, 1 << 16) as shm:
         CodeQueue(shm, 3333, "inbound")
-        shm.mark_ready()
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "inspect", "--key", hex(key)],
             stdout=subprocess.PIPE,
@@ -150,7 +148,6 @@ def test_inspect_watch_refreshes_until_ctrl_c(key: int) -> None:
 
     with SHMFactory.create_product(key, 1 << 16) as shm:
         CodeQueue(shm, 3333, "inbound")
-        shm.mark_ready()
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "inspect", "--key", hex(key), "--watch"],
             stdout=subprocess.PIPE,

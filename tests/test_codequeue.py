@@ -20,7 +20,6 @@ def setup(key: int, *queues: tuple[str, int]) -> SharedMemory:
     shm = SHMFactory.create_product(key, SIZE)
     for name, capacity in queues:
         CodeQueue(shm, capacity, name)
-    shm.mark_ready()
     shm.detach()
     return SHMFactory.attach(key)
 

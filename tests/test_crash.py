@@ -35,7 +35,6 @@ def check(c: bytes, expected: int) -> None:
 def make_queue(key: int) -> None:
     shm = SHMFactory.create_product(key, SIZE)
     CodeQueue(shm, CAPACITY, "q")
-    shm.mark_ready()
     shm.detach()
 
 

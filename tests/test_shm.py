@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 
 import pytest
@@ -43,7 +44,6 @@ def make_ready(key: int, size: int = SIZE) -> None:
     with SHMFactory.create_product(key, size) as shm:
         q = CodeQueue(shm, 1000, "in")
         q.push(b"pending")
-        shm.mark_ready()
 
 
 def test_init_then_recover(key: int) -> None:
@@ -53,14 +53,12 @@ def test_init_then_recover(key: int) -> None:
     assert shm.stat()["mode"] == "0600"
     q = CodeQueue(shm, 1000, "in")
     q.push(b"survives")
-    shm.mark_ready()
     shm.detach()
 
     shm = SHMFactory.create_product(key, SIZE)
     assert shm.start_mode is StartMode.RECOVER
     assert shm.generation == 2
     assert CodeQueue(shm, 1000, "in").pop() == b"survives"
-    shm.mark_ready()
     shm.detach()
     assert SHMFactory.remove(key)
     assert not SHMFactory.exists(key)
@@ -102,14 +100,63 @@ def test_a_changed_layout_is_recreated_when_announced(key: int, caplog) -> None:
         assert shm.start_mode is StartMode.RECOVER
 
 
-def test_an_interrupted_init_is_done_again(key: int, caplog) -> None:  # type: ignore[no-untyped-def]
+def _producer_then_hang(key: int, count: int, ready) -> None:  # type: ignore[no-untyped-def]
     shm = SHMFactory.create_product(key, SIZE)
-    CodeQueue(shm, 1000, "in").push(b"half-made")
-    shm.detach()  # never marked ready: as if killed during INIT
-    with caplog.at_level(logging.WARNING), SHMFactory.create_product(key, SIZE) as shm:
-        assert shm.start_mode is StartMode.INIT
-        assert CodeQueue(shm, 1000, "in").pop() is None
-    assert "initialisation never completed" in caplog.text
+    q = CodeQueue(shm, 1000, "in")
+    for i in range(count):
+        assert q.push(b"code %d" % i)
+    ready.send(b"pushed")  # and no other call: SIGKILL comes next
+    time.sleep(60)
+
+
+def test_a_producer_killed_before_any_extra_call_leaves_codes_to_pop(key: int, procs) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing
+
+    mine, theirs = multiprocessing.Pipe()
+    child = procs.start(_producer_then_hang, key, 20, theirs)
+    assert mine.poll(10) and mine.recv() == b"pushed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(5)
+    assert child.exitcode == -signal.SIGKILL
+    with SHMFactory.create_product(key, SIZE) as shm:
+        assert shm.start_mode is StartMode.RECOVER
+        q = CodeQueue(shm, 1000, "in")
+        assert shm.modes == {"in": StartMode.RECOVER}
+        assert q.pop_many() == [b"code %d" % i for i in range(20)]
+
+
+def _killed_inside_the_second_init(key: int) -> None:
+    shm = SHMFactory.create_product(key, SIZE)
+    CodeQueue(shm, 1000, "in").push(b"kept")
+    with shm.placing("out", CodeQueue.KIND, CodeQueue.region_size(1000)) as (region, _mode):
+        region[:8] = b"half-way"
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_kill_inside_one_placement_reinitialises_only_that_one(key: int, procs, caplog) -> None:  # type: ignore[no-untyped-def]
+    child = procs.start(_killed_inside_the_second_init, key)
+    child.join(10)
+    assert child.exitcode == -signal.SIGKILL
+    attached_elsewhere(procs, key)
+    with pytest.raises(SegmentInUse, match="'out' .* one may be initialising it"):
+        _place_both(key)
+    procs.kill_all()
+    with caplog.at_level(logging.WARNING):
+        shm, inbound, outbound = _place_both(key)
+    with shm:
+        assert shm.start_mode is StartMode.RECOVER
+        assert shm.modes == {"in": StartMode.RECOVER, "out": StartMode.INIT}
+        assert inbound.pop() == b"kept" and outbound.pop() is None
+    assert "initialising CodeQueue 'out' again (its initialisation never finished)" in caplog.text
+
+
+def _place_both(key: int):  # type: ignore[no-untyped-def]
+    shm = SHMFactory.create_product(key, SIZE)
+    try:
+        return shm, CodeQueue(shm, 1000, "in"), CodeQueue(shm, 1000, "out")
+    except BaseException:
+        shm.detach()
+        raise
 
 
 def test_a_corrupt_header_is_reinitialised_or_refused(key: int, procs, caplog) -> None:  # type: ignore[no-untyped-def]

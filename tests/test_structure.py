@@ -84,7 +84,6 @@ def test_every_kind_places_and_reports_the_same_way_on_a_bytearray() -> None:
     buf = bytearray(segment_size(layout))
     shm = SharedMemory(buf, StartMode.INIT)
     placed = [cls.place(shm, n, p) for n, cls, p in objs]
-    shm.mark_ready()
     assert [(p.name, p.kind, p.size) for p in shm.placements()] == layout
     found = SharedMemory(buf, StartMode.RECOVER)
     report: dict[str, object] = {}

@@ -41,7 +41,6 @@ def run_demo(key: int | None, codes: int) -> bool:
         shm = SHMFactory.create_product(key, DEMO_SIZE)
         say(f"1. start: segment 0x{key:08x} -> start mode {shm.start_mode.name}")
         CodeQueue(shm, DEMO_CAPACITY, "inbound")
-        shm.mark_ready()
         shm.detach()
 
         child = multiprocessing.get_context("fork").Process(
@@ -66,7 +65,6 @@ def run_demo(key: int | None, codes: int) -> bool:
             f"4. start again: segment 0x{key:08x} -> start mode {shm.start_mode.name} (generation {shm.generation})"
         )
         q = CodeQueue(shm, DEMO_CAPACITY, "inbound")
-        shm.mark_ready()
         q.recover_consumer()
         found = q.pop_many(max_bytes=1 << 30)
         ok = found == [f"request #{i}".encode() for i in range(codes)]

@@ -39,15 +39,23 @@ def describe(shm: SharedMemory, *, set_aside: bool = False) -> dict[str, Any]:
         "segment": shm.stat(),
         "start_mode": header.last_mode.name.lower() if header.last_mode else None,
         "generation": header.generation,
-        "ready": header.ready,
+        "header_complete": header.ready,
         "objects": [],
         "queues": {},
     }
     for p in shm.placements():
-        info["objects"].append({"name": p.name, "kind": p.kind, "offset": p.offset, "size": p.size})
+        info["objects"].append(
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "offset": p.offset,
+                "size": p.size,
+                "initialised": p.done,
+            }
+        )
         kind = KINDS.get(p.kind)
-        if kind is None:  # placed by someone else's configuration: show it, skip it
-            shm.place(p.name, p.kind, p.size)
+        if kind is None or not p.done:  # someone else's kind, or a crashed INIT: show, skip
+            shm.skip()
             continue
         obj = kind.place(shm, p.name, kind.param_of(p.size), observer=True)
         merge_report(info, obj.report(p.name))
@@ -143,5 +151,6 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append("  ".join(f"{k} {v}" for k, v in counters.items()))
     lines += ["", f"{'object':<11} {'kind':<12} {'offset':>8} {'size':>9}"]
     for o in info["objects"]:
-        lines.append(f"{o['name']:<11} {o['kind']:<12} {o['offset']:>8} {o['size']:>9}")
+        unfinished = "" if o.get("initialised", True) else "  (INIT never finished)"
+        lines.append(f"{o['name']:<11} {o['kind']:<12} {o['offset']:>8} {o['size']:>9}{unfinished}")
     return "\n".join(lines)

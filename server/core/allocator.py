@@ -2,13 +2,37 @@
 out regions in order (pure: works on a plain ``bytearray``).
 
 ``SharedMemory`` is the allocator, the Python face of the original's
-overridden ``operator new``: ``place(name, kind, size)`` hands out the next
-region of the segment, in order.  In INIT mode the region is new and the
-caller initialises it; in RECOVER mode the placement must match the
-directory entry recorded at INIT (see ``server.core.header``) and the caller only
-validates what is there.  The owner calls ``mark_ready()`` once everything
-is placed: in INIT that sets the header's ready flag, *last*; in RECOVER it
-checks that no recorded object was left out.
+overridden ``operator new``.  Objects are placed one after another::
+
+    with shm.placing(name, kind, size) as (region, mode):
+        ...   # mode INIT: format ``region``;  mode RECOVER: validate, keep
+
+and the end of the ``with`` block is the object's init-complete record: in
+INIT it writes the directory entry's DONE state, the last write of that
+object's initialisation (see ``server.core.header``).  There is nothing to
+call once everything is placed, so a program that creates, places and
+pushes, and is then killed, has left a segment the next start recovers.
+
+Which mode each object gets, on an owner's start (``SHMFactory.create_product``)::
+
+    segment new or re-made                      -> INIT, every object
+    segment found (RECOVER), entry i DONE        -> RECOVER (the data is kept)
+        entry i there but not DONE (a crash in
+        the middle of its INIT)                  -> INIT, that object only
+        no entry i (a crash before placing it)   -> INIT, recorded now
+
+so a crash between two placements re-initialises only what never finished.
+An entry recorded for another name, kind or size is ``LayoutMismatch``.  An
+object is initialised in a found segment only while no other process is
+attached (it may be the one initialising it); otherwise ``SegmentInUse``.
+
+An *observer* (``owner=False``: a worker joining, the inspector) never
+writes: an object that is not DONE is an error for it, and ``skip()`` steps
+over an entry it does not want to open.
+
+``place(name, kind, size)`` is the same for a raw region whose caller keeps
+no state that needs formatting; ``check_all_placed()`` optionally checks, in
+RECOVER, that no recorded object was left out.
 
 ``SharedMemory`` works on any writable buffer, so the allocator is tested on a
 plain ``bytearray``; only ``SHMFactory`` talks to System V.
@@ -20,11 +44,16 @@ as a ``Segment``: something that can ``detach()`` and ``stat()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from ..errors import CorruptSegment, Detached, LayoutMismatch
+from ..errors import CorruptSegment, Detached, LayoutMismatch, SegmentInUse
 from .header import Placement, SegmentHeader, StartMode
+
+log = logging.getLogger("server.shm")
 
 
 class Segment(Protocol):
@@ -38,8 +67,10 @@ class Segment(Protocol):
 class SharedMemory:
     """A segment (or any writable buffer) with a header and an allocator.
 
-    ``start_mode`` says whether placed objects initialise (INIT) or keep and
-    validate (RECOVER) their region.
+    ``start_mode`` is the segment's: INIT if it is new (every object placed
+    initialises), RECOVER if it was found (each object recovers, or
+    initialises if its own INIT never finished: see the module docstring).
+    ``owner=False`` opens it as an observer, which never writes.
     """
 
     def __init__(
@@ -49,12 +80,15 @@ class SharedMemory:
         *,
         key: int | None = None,
         segment: Segment | None = None,
+        owner: bool = True,
     ) -> None:
         self._mem: memoryview | None = memoryview(buffer)
         if self._mem.format != "B" or self._mem.readonly:
             raise TypeError("SharedMemory needs a writable byte buffer")
         self.start_mode = start_mode
+        self.owner = owner
         self.key = key
+        self.modes: dict[str, StartMode] = {}  # each object placed so far: its own mode
         self._segment = segment
         self.header = SegmentHeader(self._mem)
         self._placed = 0
@@ -69,29 +103,80 @@ class SharedMemory:
                     f"cannot recover segment {key_text(key)}: {problem}",
                     field="header",
                     found=problem,
-                    expected="a ready header",
+                    expected="a complete header",
                 )
 
     # -- allocation -------------------------------------------------------------
-    def place(self, name: str, kind: str, size: int) -> memoryview:
-        """Hand out the next ``size`` bytes for object ``name`` of ``kind``.
-
-        INIT records the placement; RECOVER checks it against the record.
-        """
+    @contextlib.contextmanager
+    def placing(self, name: str, kind: str, size: int) -> Iterator[tuple[memoryview, StartMode]]:
+        """Take the next ``size`` bytes for object ``name`` of ``kind``;
+        yields the region and the object's own mode.  INIT: initialise the
+        region inside the block; its normal end records the object DONE.
+        An exception leaves it not DONE, to be initialised again next time."""
         mem = self._live()
-        if self.start_mode is StartMode.INIT:
-            if self.header.ready:
-                raise LayoutMismatch(
-                    f"cannot place {kind} {name!r}: the segment was already marked ready",
-                    name=name,
-                )
-            where = self.header.add_placement(name, kind, size)
-        else:
-            where = self.header.match_placement(self._placed, name, kind, size)
+        index = self._placed
+        where, mode = self._claim(index, name, kind, size)
         self._placed += 1
+        self.modes[name] = mode
         view = mem[where.offset : where.offset + where.size]
         self._releases.append(view.release)
-        return view
+        yield view, mode
+        if mode is StartMode.INIT:
+            self.header.mark_done(index)
+
+    def place(self, name: str, kind: str, size: int) -> memoryview:
+        """``placing`` for a raw region whose bytes need no formatting."""
+        with self.placing(name, kind, size) as (view, _mode):
+            return view
+
+    def skip(self) -> Placement:
+        """An observer steps over the next recorded object without opening it."""
+        self._live()
+        found = self.header.placement(self._placed)
+        self._placed += 1
+        return found
+
+    def _claim(self, index: int, name: str, kind: str, size: int) -> tuple[Placement, StartMode]:
+        if self.start_mode is StartMode.INIT:
+            return self.header.add_placement(name, kind, size), StartMode.INIT
+        if index < self.header.entries:
+            found = self.header.match_placement(index, name, kind, size)
+            if found.done:
+                return found, StartMode.RECOVER
+            why = "its initialisation never finished"
+        else:
+            found = None
+            why = "it was never placed"
+        if not self.owner:
+            if found is None:
+                self.header.match_placement(index, name, kind, size)  # raises: not recorded
+            raise CorruptSegment(
+                f"{kind} {name!r} in segment {key_text(self.key)} is not initialised ({why}); "
+                f"the server that owns the segment initialises it when it starts",
+                field=f"directory[{index}].state",
+                found="not DONE",
+                expected="DONE",
+            )
+        others = int(self.stat().get("attached", 0))
+        if others > 0:
+            raise SegmentInUse(
+                f"{kind} {name!r} in segment {key_text(self.key)} must be initialised ({why}), "
+                f"but {others} other process(es) are attached and one may be initialising it; "
+                f"stop them (or let it finish), then start again",
+                key=self.key,
+                attached=others,
+                problem=why,
+            )
+        log.warning(
+            "segment %s: initialising %s %r again (%s); the objects before it are kept",
+            key_text(self.key),
+            kind,
+            name,
+            why,
+        )
+        if found is None:
+            found = self.header.add_placement(name, kind, size)
+        return found, StartMode.INIT
 
     def on_detach(self, release: Callable[[], None]) -> None:
         """Call ``release`` when the segment is detached (objects placed on
@@ -99,13 +184,11 @@ class SharedMemory:
         unmapped memory)."""
         self._releases.append(release)
 
-    def mark_ready(self) -> None:
-        """Every object is placed.  INIT: set the ready flag (the last write
-        of initialisation).  RECOVER: check nothing recorded was left out."""
+    def check_all_placed(self) -> None:
+        """Optional, RECOVER: every object recorded was placed again (a
+        configuration that places fewer would leave some unused)."""
         self._live()
-        if self.start_mode is StartMode.INIT:
-            self.header.mark_ready()
-        elif self._placed != self.header.entries:
+        if self.start_mode is StartMode.RECOVER and self._placed < self.header.entries:
             raise LayoutMismatch(
                 f"the segment holds {self.header.entries} objects but this configuration "
                 f"placed {self._placed}; start with the configuration that created it, or "
@@ -113,6 +196,17 @@ class SharedMemory:
                 expected=self.header.entries,
                 found=self._placed,
             )
+
+    def mark_ready(self) -> None:
+        """Deprecated: nothing needs marking any more (each object records
+        its own INIT); this only runs ``check_all_placed()``."""
+        warnings.warn(
+            "SharedMemory.mark_ready() is no longer needed: each placed object records its "
+            "own initialisation; call check_all_placed() if you want the check it made",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.check_all_placed()
 
     # -- facts ----------------------------------------------------------------------
     @property

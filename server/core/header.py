@@ -14,24 +14,32 @@ Header (all integers little-endian u64, each written with one aligned store)::
          8     8  version        INIT  (LAYOUT_VERSION)
         16     8  size           INIT  (segment size in bytes)
         24     8  generation     every owner start (INIT sets 1, RECOVER +1)
-        32     8  ready          INIT, *last*: READY once every object is initialised
-        40     8  entries        INIT, after each placement
+        32     8  ready          INIT, *last* of the header: READY once the fields
+                                 above are written (the directory may be empty)
+        40     8  entries        the owner, after writing each directory entry
         48     8  last_mode      every owner start (1 = INIT, 2 = RECOVER)
         56     8  (reserved)
-        64  64*N  directory      INIT, one entry per placement
+        64  64*N  directory      one entry per placement
 
 Directory entry (64 bytes)::
 
-         0    32  name    UTF-8, NUL padded
+         0    24  name    UTF-8, NUL padded
+        24     8  state   0 while the object is being initialised; DONE,
+                          written *last* by the object's INIT
         32    16  kind    UTF-8, NUL padded (the class placed there)
         48     8  offset  from the start of the segment
         56     8  size    bytes
 
-Invariants: ``ready`` is either 0 or READY; it is set only after every
-object was initialised, so a crash during INIT leaves it 0 and the next start
-initialises again.  Entries are contiguous and ordered: entry i ends at or
-before entry i+1 begins, and the last one ends within ``size``.  Everything
-read back is checked against these rules before it is trusted.
+Invariants: ``ready`` is either 0 or READY, and set only after every other
+header field, so a crash while the header is written leaves it 0 and the
+next start formats the segment again.  Each entry is written whole before
+``entries`` counts it; its ``state`` is DONE only once the object placed
+there finished its own initialisation, so a crash between two placements (or
+in the middle of one) leaves exactly the unfinished objects not DONE, and
+only they are initialised again.  Nobody has to say "I am done placing".
+Entries are contiguous and ordered: entry i ends at or before entry i+1
+begins, and the last one ends within ``size``.  Everything read back is
+checked against these rules before it is trusted.
 """
 
 from __future__ import annotations
@@ -42,14 +50,17 @@ from dataclasses import dataclass
 from ..errors import CorruptSegment, LayoutMismatch, SegmentFull
 
 MAGIC = int.from_bytes(b"STCPSHM\0", "little")
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: per-object DONE state in the directory (1 had one ready flag)
 READY = int.from_bytes(b"READY\0\0\0", "little")
+DONE = int.from_bytes(b"INITDONE", "little")
 HEADER_SIZE = 4096
 ALIGN = 64
 ENTRY_SIZE = 64
 DIRECTORY_OFFSET = 64
 MAX_ENTRIES = (HEADER_SIZE - DIRECTORY_OFFSET) // ENTRY_SIZE
-NAME_BYTES = 32
+NAME_BYTES = 24
+STATE_OFFSET = 24
+KIND_OFFSET = 32
 KIND_BYTES = 16
 
 # Word indexes into the header viewed as u64.
@@ -73,6 +84,7 @@ class Placement:
     kind: str
     offset: int
     size: int
+    done: bool = True
 
 
 def align_up(n: int, to: int = ALIGN) -> int:
@@ -143,8 +155,8 @@ class SegmentHeader:
 
     # -- INIT -------------------------------------------------------------------
     def initialise(self) -> None:
-        """Start a fresh layout.  ``ready`` is cleared *first*, so a crash
-        anywhere after this point is seen as an unfinished INIT."""
+        """Start a fresh, empty layout.  ``ready`` is cleared *first* and set
+        *last*, so a crash in between is seen as an unfinished header."""
         w = self._words
         w[_READY] = 0
         w[_MAGIC] = MAGIC
@@ -154,9 +166,15 @@ class SegmentHeader:
         w[_GENERATION] = 0
         w[_LAST_MODE] = 0
         w[7] = 0
+        w[_READY] = READY
 
-    def mark_ready(self) -> None:
-        self._words[_READY] = READY
+    def mark_done(self, index: int) -> None:
+        """The object of entry ``index`` finished its INIT: the last write
+        of that initialisation."""
+        if not 0 <= index < min(self._words[_ENTRIES], MAX_ENTRIES):
+            raise IndexError(index)
+        base = DIRECTORY_OFFSET + index * ENTRY_SIZE + STATE_OFFSET
+        self._mem[base : base + 8].cast("Q")[0] = DONE
 
     # -- checks -------------------------------------------------------------------
     def problem(self) -> str | None:
@@ -171,7 +189,7 @@ class SegmentHeader:
         if w[_SIZE] != len(self._mem):
             return f"header records size {w[_SIZE]} but the segment has {len(self._mem)} bytes"
         if w[_READY] != READY:
-            return "initialisation never completed (a crash during INIT?)"
+            return "the header's initialisation never completed (a crash during INIT?)"
         if w[_ENTRIES] > MAX_ENTRIES:
             return f"directory claims {w[_ENTRIES]} entries (at most {MAX_ENTRIES})"
         try:
@@ -189,9 +207,17 @@ class SegmentHeader:
         base = DIRECTORY_OFFSET + index * ENTRY_SIZE
         raw = bytes(self._mem[base : base + ENTRY_SIZE])
         name = _decode(raw[:NAME_BYTES], "name")
-        kind = _decode(raw[NAME_BYTES : NAME_BYTES + KIND_BYTES], "kind")
+        state = int.from_bytes(raw[STATE_OFFSET : STATE_OFFSET + 8], "little")
+        kind = _decode(raw[KIND_OFFSET : KIND_OFFSET + KIND_BYTES], "kind")
         offset = int.from_bytes(raw[48:56], "little")
         size = int.from_bytes(raw[56:64], "little")
+        if state not in (0, DONE):
+            raise CorruptSegment(
+                f"directory entry {index} ({name!r}) has state {state:#x}, neither 0 nor DONE",
+                field=f"directory[{index}].state",
+                found=state,
+                expected=(0, DONE),
+            )
         low = HEADER_SIZE if index == 0 else self._end_of(index - 1)
         if offset % ALIGN or offset < low or offset + size > len(self._mem):
             raise CorruptSegment(
@@ -201,7 +227,7 @@ class SegmentHeader:
                 found=(offset, size),
                 expected=(low, len(self._mem)),
             )
-        return Placement(name, kind, offset, size)
+        return Placement(name, kind, offset, size, state == DONE)
 
     def _end_of(self, index: int) -> int:
         base = DIRECTORY_OFFSET + index * ENTRY_SIZE
@@ -214,7 +240,8 @@ class SegmentHeader:
         return [self.placement(i) for i in range(count)]
 
     def add_placement(self, name: str, kind: str, size: int) -> Placement:
-        """INIT: record the next object, right after the previous one."""
+        """Record the next object, right after the previous one, as not yet
+        DONE (its INIT has yet to run)."""
         index = self._words[_ENTRIES]
         if index >= MAX_ENTRIES:
             raise SegmentFull(
@@ -232,6 +259,7 @@ class SegmentHeader:
             )
         entry = (
             _encode(name, NAME_BYTES, "name")
+            + bytes(8)  # state: not DONE
             + _encode(kind, KIND_BYTES, "kind")
             + start.to_bytes(8, "little")
             + size.to_bytes(8, "little")
@@ -239,7 +267,7 @@ class SegmentHeader:
         base = DIRECTORY_OFFSET + index * ENTRY_SIZE
         self._mem[base : base + ENTRY_SIZE] = entry
         self._words[_ENTRIES] = index + 1  # publish the entry after writing it
-        return Placement(name, kind, start, size)
+        return Placement(name, kind, start, size, done=False)
 
     def match_placement(self, index: int, name: str, kind: str, size: int) -> Placement:
         """RECOVER: the ``index``-th object placed must be the one recorded."""

@@ -19,15 +19,17 @@ of naming each one::
     report(name) -> dict         what the inspector shows of it, merged into
                                  the status dict one level deep
 
-``Allocator`` is all ``place`` needs of a segment: ``ipc.shm.SharedMemory``
-is one, and so is anything else with ``place(name, kind, size)``,
-``start_mode`` and ``on_detach(release)``.  ``InSegment`` gives a pure kind
+``Allocator`` is all ``place`` needs of a segment: ``core.allocator.SharedMemory``
+is one, and so is anything else with ``placing(name, kind, size)`` and
+``on_detach(release)``.  ``place`` opens the region inside ``placing``, so
+the object is recorded as initialised only once ``on_region`` returned.  ``InSegment`` gives a pure kind
 its ``place``; it only writes ``on_region`` (open a region it is handed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from .header import StartMode
@@ -36,9 +38,9 @@ T = TypeVar("T", bound="InSegment")
 
 
 class Allocator(Protocol):
-    start_mode: StartMode
-
-    def place(self, name: str, kind: str, size: int) -> memoryview: ...
+    def placing(
+        self, name: str, kind: str, size: int
+    ) -> AbstractContextManager[tuple[memoryview, StartMode]]: ...
 
     def on_detach(self, release: Callable[[], None]) -> None: ...
 
@@ -65,8 +67,8 @@ class InSegment:
     def place(
         cls: type[T], shm: Allocator, name: str, param: int = 0, *, observer: bool = False
     ) -> T:
-        region = shm.place(name, cls.KIND, cls.region_size(param))
-        obj = cls.on_region(region, param, init=shm.start_mode is StartMode.INIT, observer=observer)
+        with shm.placing(name, cls.KIND, cls.region_size(param)) as (region, mode):
+            obj = cls.on_region(region, param, init=mode is StartMode.INIT, observer=observer)
         shm.on_detach(obj.release)
         return obj
 

@@ -1,10 +1,11 @@
 """CodeQueue: a ring of codes placed in shared memory, with a doorbell.
 
 ``CodeQueue(shm, capacity, name)`` takes the next region of ``shm`` (see
-``SharedMemory.place``; ``CodeQueue.place(shm, name, capacity)`` is the same,
-spelled as every placed kind spells it, see ``server.core.placed``).  In INIT mode it formats the region; in RECOVER mode
-it leaves the data alone and validates it, so the codes a crashed process
-left behind are still there.  The byte layout and the commit rule are in
+``SharedMemory.placing``; ``CodeQueue.place(shm, name, capacity)`` is the
+same, spelled as every placed kind spells it, see ``server.core.placed``).
+In INIT mode it formats the region, and only then is it recorded as
+initialised; in RECOVER mode it leaves the data alone and validates it, so
+the codes a crashed process left behind are still there.  The byte layout and the commit rule are in
 ``server.core.ring``; this module adds the sleeping consumer.
 
 How a consumer sleeps without losing a wake-up::
@@ -74,9 +75,9 @@ class CodeQueue(InSegment):
         RECOVER mode: for an observer (the inspector) attaching while both
         sides run and the records move under its feet."""
         self.name = name
-        region = shm.place(name, self.KIND, region_size(capacity))
-        init = shm.start_mode is StartMode.INIT
-        self._ring = CodeRing(region, capacity, init=init, check_records=check_records)
+        with shm.placing(name, self.KIND, region_size(capacity)) as (region, mode):
+            init = mode is StartMode.INIT
+            self._ring = CodeRing(region, capacity, init=init, check_records=check_records)
         self.ring = self._ring  # for the step journal, which reads head and tail
         self.capacity = capacity
         self.max_code = self._ring.max_code

@@ -123,7 +123,7 @@ def _pending(shm: SharedMemory) -> dict[str, int]:
                 shm, p.name, ConnTable.param_of(p.size), observer=True
             ).count_open()
         else:
-            shm.place(p.name, p.kind, p.size)  # keep the order; nothing to count
+            shm.skip()  # keep the order; nothing to count
     return counts
 
 
@@ -154,7 +154,7 @@ class ServerSegment:
         try:
             for name, cls, param in objects(cfg):
                 setattr(self, name, cls.place(shm, name, param))
-            shm.mark_ready()
+            shm.check_all_placed()
         except BaseException:
             shm.detach()
             raise
@@ -170,7 +170,8 @@ class ServerSegment:
 
     @classmethod
     def attach(cls, cfg: ServerConfig) -> ServerSegment:
-        """A worker's start: the supervisor made the segment ready."""
+        """A worker's start: the supervisor made the segment (an observer's
+        attach: a worker never initialises an object)."""
         return cls(SHMFactory.attach(cfg.key), cfg)
 
     def losses(self) -> str:

@@ -11,7 +11,9 @@
 "Otherwise" covers a size that differs *in either direction* (``shmget``
 only fails when the existing segment is smaller than asked, so the real
 size comes from ``IPC_STAT``), an unknown magic or layout version, a header
-whose fields are out of range, and an INIT that crashed before it completed.
+whose fields are out of range, and an INIT that crashed before the header
+was complete.  A crash *after* that (between placing two objects, or in the
+middle of one) is repaired object by object: see ``server.core.allocator``.
 A segment that must be re-created while other processes are still attached
 is refused (``SegmentInUse``): they would keep using the old memory.
 
@@ -69,8 +71,8 @@ class _Attached:
         }
 
 
-def _open(seg: Any, mode: StartMode, key: int) -> SharedMemory:
-    return SharedMemory(seg, mode, key=key, segment=_Attached(seg))
+def _open(seg: Any, mode: StartMode, key: int, *, owner: bool = True) -> SharedMemory:
+    return SharedMemory(seg, mode, key=key, segment=_Attached(seg), owner=owner)
 
 
 class SHMFactory:
@@ -140,15 +142,16 @@ class SHMFactory:
 
     @staticmethod
     def attach(key: int) -> SharedMemory:
-        """Join a segment an owner has made ready (a worker process, or the
-        inspector).  Mode RECOVER; nothing is written."""
+        """Join a segment an owner has made (a worker process, or the
+        inspector): an observer in mode RECOVER; nothing is written, and an
+        object whose INIT never finished is an error, not re-made."""
         seg = _attach(key)
         if seg is None:
             raise SegmentError(
                 f"no segment with key {key_text(key)}; is the server running?", key=key
             )
         try:
-            return _open(seg, StartMode.RECOVER, key)
+            return _open(seg, StartMode.RECOVER, key, owner=False)
         except BaseException:
             seg.detach()
             raise
