@@ -13,6 +13,10 @@ checked for the right connection, the next sequence number and an intact
 checksum.  Meanwhile it ``SIGKILL``s (``--kill``) or ``SIGSTOP``s (``--stop``)
 a process chosen at random among the roles named, every ``--every`` seconds
 (a range picks a random interval), ``--count`` times or for ``--seconds``.
+Each fault waits until the server answered a request sent after the one
+before (at most 10 s): a fault hits a server that recovered, not a worker
+still starting (killing those in a row is a crash loop, which the watchdog
+answers by backing off, on purpose).
 A killed supervisor is replaced by running ``python -m server run`` again.
 
 The report counts requests, replies, lost (a live connection never got its
@@ -338,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                     target.start()
             _progress(report, args.count, started)
             time.sleep(rng.uniform(*args.every))
+            if report.kills:
+                _await_recovery(report, report.kills[-1][0], min(deadline, time.monotonic() + 10))
         time.sleep(max(args.every))  # the last fault's effect
     except KeyboardInterrupt:
         print("\ninterrupted: reporting what was seen", file=sys.stderr)
@@ -355,6 +361,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plot: {args.plot}")
     print(f"server log: {log_path}")
     return 1 if report.failed() else 0
+
+
+def _await_recovery(report: Report, since: float, until: float) -> None:
+    """Until a request sent after ``since`` was answered (or ``until``)."""
+    while time.monotonic() < until:
+        for _got, _latency, sent in reversed(report.latencies[-200:]):
+            if sent > since:
+                return
+        time.sleep(0.01)
 
 
 def _restarts(target: Target) -> int:
