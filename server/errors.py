@@ -22,6 +22,7 @@ callers that only know the builtins still catch it::
     +-- ConfigError (ValueError)          an option has a value we cannot run with
     +-- CannotListen (OSError)            the listening address cannot be bound
     +-- ServerUnreachable (ConnectionError)  a client cannot reach the server
+    +-- HandoverError (ValueError)        a connect process's handover is malformed
 
 Each error declares the data it talks about as keyword fields with
 defaults (as asyncio's ``IncompleteReadError`` does), so a type checker sees
@@ -233,3 +234,13 @@ class ServerUnreachable(ServerError, ConnectionError):
         super().__init__(message)
         self.host = host
         self.port = port
+
+
+class HandoverError(ServerError, ValueError):
+    """A message of a connect process's handover to its successor (message
+    number ``index``) is malformed: ``found`` is what was wrong."""
+
+    def __init__(self, message: str, *, index: int = 0, found: object = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.found = found

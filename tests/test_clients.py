@@ -282,3 +282,23 @@ def test_interest_bits_are_the_selectors_events_the_shell_passes_on() -> None:
     import selectors
 
     assert (READ, WRITE) == (selectors.EVENT_READ, selectors.EVENT_WRITE)
+
+
+def test_a_client_whose_kernel_queue_never_drains_is_closed() -> None:
+    """Everything was written into socket buffers (nothing left in ``out``),
+    but the peer acknowledges nothing: the send queue the shell reports
+    decides, not the bytes the kernel took."""
+    tb = Table(send_timeout=5.0)
+    stuck, reader = tb.t.open("stuck", 0.0), tb.t.open("reader", 0.0)
+    assert stuck is not None and reader is not None
+    kernel = {stuck.conn: 0, reader.conn: 0}
+    for c in (stuck, reader):
+        tb.t.deliver([encode(Kind.SEND, c.conn, b"r" * 150)])
+        assert tb.t.wrote(c, 150, 0.5) and not c.out  # all in the kernel now
+        kernel[c.conn] = 150
+    for t in range(1, 8):
+        kernel[reader.conn] = max(0, kernel[reader.conn] - 30)  # read slowly, but read
+        tb.t.tick(float(t), lambda c: kernel[c.conn])
+    assert [conn for conn, _ in tb.closed] == [stuck.conn]
+    assert "took no reply bytes for 6 s (150 waiting)" in tb.closed[0][1]
+    assert tb.t.is_open(reader)

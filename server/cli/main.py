@@ -171,7 +171,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     try:
         if args.role == "connect":
-            return connect.main(cfg, args.listen_fd)
+            return connect.main(cfg, args.listen_fd, args.control_fd, args.adopt_fd)
         return logic.main(cfg)
     except CorruptSegment as err:
         # A distinct status, so the supervisor can tell corruption from a bug.
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("role", choices=["connect", "logic"])
     worker.add_argument("--config", required=True)
     worker.add_argument("--listen-fd", type=int)
+    worker.add_argument("--control-fd", type=int, default=-1)  # connect <-> supervisor
+    worker.add_argument("--adopt-fd", type=int, default=-1)  # a handover to take (SIGHUP)
     worker.set_defaults(func=cmd_worker)
 
     cli = sub.add_parser(

@@ -25,7 +25,8 @@ Limits that protect everybody else from one client:
 
 * a frame over ``max_frame`` (or garbage announcing one) closes that client;
 * more than ``out_buffer`` unread reply bytes pause reading from it; four
-  times that, or ``send_timeout`` seconds without it taking a byte, close it;
+  times that, or ``send_timeout`` seconds without it taking a byte (its
+  socket's send queue counts: see ``tick``), close it;
 * ``idle_timeout`` seconds without input close it;
 * ``frame_timeout`` seconds to finish a frame it began, or it is closed (a
   client that sends one byte a second would otherwise hold its slot for
@@ -53,64 +54,23 @@ import collections
 import itertools
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
 
-from ..errors import FrameTooLarge
+from ..errors import FrameTooLarge, HandoverError
+from .client import Client, Counters
 from .codes import HEADER_SIZE, Kind, encode, head_of
 from .config import ServerConfig
 from .conntable import ConnTable
-from .framing import Framing, make_framing
+from .framing import make_framing
+from .handover import ClientState
 
 log = logging.getLogger("server.connect")
+
+__all__ = ["READ", "WRITE", "Client", "ClientTable", "Counters"]
 
 READ, WRITE = 1, 2  # interest flags (the same bits as selectors' events)
 PUSH_CHUNK = 1024  # backlog codes offered to the queue per call
 
 _SEND, _BROADCAST, _CLOSE = Kind.SEND.value, Kind.BROADCAST.value, Kind.CLOSE.value
-
-
-class Counters(Protocol):
-    """Where the table counts (the status board, or a test's stand-in)."""
-
-    def add(self, counter: str, n: int = 1) -> None: ...
-
-    def set(self, counter: str, value: int) -> None: ...
-
-
-class Client:
-    """One client.  ``handle`` and ``events`` belong to the shell (its
-    socket, and the interest it registered); the table never reads them."""
-
-    __slots__ = (
-        "conn",
-        "slot",
-        "peer",
-        "framing",
-        "out",
-        "last_input",
-        "last_output",
-        "closing",
-        "frame_started",
-        "prefix",
-        "handle",
-        "events",
-    )
-
-    def __init__(self, conn: int, slot: int, peer: str, framing: Framing, now: float) -> None:
-        self.conn = conn
-        self.slot = slot
-        self.peer = peer
-        self.framing = framing
-        self.out = bytearray()  # reply bytes not yet taken by the socket
-        self.last_input = self.last_output = now
-        self.closing = ""  # the app asked to close: the reason, once the output is out
-        self.frame_started = 0.0  # when the incomplete frame in its framer began
-        self.prefix = encode(Kind.MESSAGE, conn)  # + frame records = its inbound code
-        self.handle: Any = None
-        self.events = 0
-
-    def __repr__(self) -> str:
-        return f"<Client {self.conn:#x} {self.peer} {len(self.out)} bytes out>"
 
 
 def _ignore(client: Client, reason: str) -> None:
@@ -143,15 +103,15 @@ class ClientTable:
     # -- connections ----------------------------------------------------------------
     def restart(self) -> int:
         """A new connect process starts: the connections its predecessor
-        left open in the connection table are lost; tell the app (CLOSED
-        codes).  Returns how many there were."""
-        lost = self.conns.open_ids()
+        left open in the connection table, and did not hand over, are lost;
+        tell the app (CLOSED codes).  Returns how many there were."""
+        lost = [conn for conn in self.conns.open_ids() if conn not in self.clients]
         for conn in lost:
             self.conns.close(conn)
             self.backlog.append(
                 encode(Kind.CLOSED, conn, b"connection lost: connect process restarted")
             )
-        self.counters.set("connections_open", 0)
+        self.counters.set("connections_open", len(self.clients))
         if lost:
             self.counters.add("connections_lost", len(lost))
             log.warning(
@@ -160,6 +120,44 @@ class ClientTable:
                 len(lost),
             )
         return len(lost)
+
+    def adopt(self, states: list[ClientState], codes: list[bytes]) -> list[Client]:
+        """Before ``restart``: take over the clients and the inbound codes a
+        predecessor handed over (``server.core.handover``).  The codes go
+        first into the backlog; each client keeps its id and slot, its
+        incomplete frame and its unwritten replies."""
+        taken = set()
+        adopted = []  # nothing changes until every client was checked
+        for s in states:
+            if not self.conns.is_open(s.conn) or s.slot in taken:
+                raise HandoverError(
+                    f"connection {s.conn:#x} (slot {s.slot}) is not open in the connection "
+                    f"table, or handed over twice",
+                    found=s.conn,
+                )
+            framing = make_framing(self.cfg.framing, self.cfg.max_frame)
+            try:
+                complete = framing.take(s.partial)
+            except FrameTooLarge as err:
+                raise HandoverError(f"connection {s.conn:#x}: {err}", found=s.conn) from None
+            if complete:
+                raise HandoverError(
+                    f"connection {s.conn:#x}: its incomplete frame is a complete one", found=s.conn
+                )
+            c = Client(s.conn, s.slot, s.peer, framing, s.last_input)
+            c.last_output, c.frame_started, c.closing = s.last_output, s.frame_started, s.closing
+            c.out += s.out
+            taken.add(s.slot)
+            adopted.append(c)
+        self.clients.update((c.conn, c) for c in adopted)
+        self.free_slots = [slot for slot in self.free_slots if slot not in taken]
+        self.backlog.extend(codes)
+        self.counters.set("connections_open", len(self.clients))
+        return adopted
+
+    def export(self) -> tuple[list[ClientState], list[bytes]]:
+        """Every client and every inbound code not yet queued, for a successor."""
+        return [c.state() for c in self.clients.values()], [*self.backlog, *self.inq]
 
     def open(self, peer: str, now: float) -> Client | None:
         """A client connected; None when the server is full (refused and
@@ -298,7 +296,7 @@ class ClientTable:
         leaves far too much unread)."""
         if n:
             del c.out[:n]
-            c.last_output = now
+            c.sent += n
         if not c.out and c.closing:
             self.close(c, c.closing)
             return False
@@ -329,18 +327,26 @@ class ClientTable:
         return self.reading and not self.stopping
 
     # -- timers ---------------------------------------------------------------------------------
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, queued: Callable[[Client], int] = lambda c: 0) -> None:
         """Close clients that left replies unread for ``send_timeout``, sent
         nothing for ``idle_timeout`` (0: never), or did not finish a frame in
-        ``frame_timeout``."""
+        ``frame_timeout``.
+
+        ``queued(c)``: the bytes in ``c``'s socket send queue (``SIOCOUTQ``).
+        The peer took bytes since the last tick if that queue shrank by more
+        than was written since (a kernel buffer can hold megabytes)."""
         idle = self.cfg.idle_timeout
         stalled = self.cfg.send_timeout
         for c in list(self.clients.values()):
-            if c.out and now - c.last_output > stalled:
+            q = queued(c)
+            if c.queued + (c.sent - c.sent_seen) > q:  # the peer acknowledged some
+                c.last_output = now
+            c.queued, c.sent_seen = q, c.sent
+            if (c.out or q) and now - c.last_output > stalled:
                 self.close(
                     c,
                     f"client took no reply bytes for {now - c.last_output:.0f} s "
-                    f"({len(c.out)} waiting)",
+                    f"({len(c.out) + q} waiting)",
                     abuse=True,
                 )
             elif idle and now - c.last_input > idle and not c.out:

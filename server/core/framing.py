@@ -63,6 +63,11 @@ class _Framer:
         """Bytes of an incomplete frame waiting for more input."""
         return len(self._buf)
 
+    def pending(self) -> bytes:
+        """The incomplete frame's bytes: ``take`` them in a new framer of the
+        same kind and it is in this one's state (a connect handover)."""
+        return bytes(self._buf)
+
 
 class LengthFraming(_Framer):
     name = "length"

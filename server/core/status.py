@@ -76,6 +76,7 @@ class Reason(enum.IntEnum):
     RECOVERED = 4  # the supervisor found the segment of an earlier run
     SLOW = 5  # detail: seconds one request had run
     REINIT = 6  # the segment was corrupt: saved, re-initialised
+    RELOADED = 7  # SIGHUP: a graceful restart with the code on disk
 
     def describe(self, detail: int) -> str:
         if self is Reason.FIRST_START:
@@ -90,6 +91,8 @@ class Reason(enum.IntEnum):
             return f"slow: one request ran {detail} s, killed"
         if self is Reason.REINIT:
             return "the segment was corrupt: saved and re-initialised"
+        if self is Reason.RELOADED:
+            return "restarted gracefully on SIGHUP, with the code on disk"
         return "started again on the segment of an earlier run (RECOVER)"
 
 

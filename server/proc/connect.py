@@ -12,7 +12,10 @@ socket and the doorbell of the outbound queue.  Each turn::
     4. push this turn's inbound codes; once a second table.tick (timeouts)
 
 A restarted connect process closes the slots its predecessor left open and
-tells the logic process (CLOSED codes): those connections are lost.
+tells the logic process (CLOSED codes): those connections are lost.  On
+SIGHUP the supervisor starts a successor instead, and the successor's READY
+on the control socket makes this process hand every client over
+(``server.proc.handover``): nothing is lost.
 
 SIGTERM (from the supervisor) starts a graceful stop: no new connections or
 requests; everything already read is answered and written, for as long as
@@ -22,7 +25,6 @@ which nothing moved, and says what is left in the segment).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import selectors
 import signal
@@ -36,22 +38,27 @@ from ..core.supervision import Stall, stop_leftover
 from ..ipc.codequeue import GRACE
 from ..ipc.segment import ServerSegment
 from .common import TICK, Heartbeat, Parent, enable_stack_dumps
+from .handover import asked_to_hand_over, hand_over, take_over
+from .sockets import ClientSockets, send_queue
 
 log = logging.getLogger("server.connect")
 
-RECV_SIZE = 256 * 1024
-ACCEPTS_PER_TURN = 64
 OUT_CODES_PER_TURN = 4096
 ROOM_POLL = 2e-3  # while the inbound queue is full
 
-_DOORBELL = "doorbell"
-_LISTENER = "listener"
+_DOORBELL, _LISTENER, _CONTROL = "doorbell", "listener", "control"
 # The table's interest bits are selectors' events, so they pass as they are
 # (tests/test_clients.py checks that they are the same bits).
 
 
-class ConnectProcess:
-    def __init__(self, cfg: ServerConfig, seg: ServerSegment, listener: socket.socket) -> None:
+class ConnectProcess(ClientSockets):
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        seg: ServerSegment,
+        listener: socket.socket,
+        control: socket.socket | None = None,
+    ) -> None:
         self.inbound = seg.inbound
         self.outbound = seg.outbound
         self.cfg = cfg
@@ -64,7 +71,8 @@ class ConnectProcess:
         listener.setblocking(False)
         self.listening = False
         self.sel = selectors.DefaultSelector()
-        self.stopping = False
+        self.stopping = self.handing_over = False
+        self.control = control
         self.asleep = False
         self.now = time.monotonic()
 
@@ -76,7 +84,11 @@ class ConnectProcess:
         self.inbound.recover_producer()
         self.outbound.recover_consumer()
         self.table.restart()
+        for c in list(self.table.clients.values()):  # handed over by a predecessor
+            self.update_interest(c)
         self.sel.register(self.outbound.fileno(), selectors.EVENT_READ, _DOORBELL)
+        if self.control is not None:
+            self.sel.register(self.control, selectors.EVENT_READ, _CONTROL)
         self.update_listener()
         signal.signal(signal.SIGTERM, self._on_term)
         heartbeat = self.heartbeat
@@ -84,7 +96,7 @@ class ConnectProcess:
         table = self.table
         next_timers = self.now + 1.0
         stall: Stall | None = None
-        while True:
+        while not self.handing_over:
             heartbeat.turns += 1
             self.deliver()
             if table.backlog:
@@ -110,6 +122,8 @@ class ConnectProcess:
                 c = key.data
                 if c is _LISTENER:
                     self.accept()
+                elif c is _CONTROL:
+                    self.on_control()
                 elif c is not _DOORBELL:
                     if mask & selectors.EVENT_WRITE and table.is_open(c):
                         self.flush(c)
@@ -119,11 +133,20 @@ class ConnectProcess:
                 self.push()
             if self.now >= next_timers:
                 next_timers = self.now + 1.0
-                table.tick(self.now)
+                table.tick(self.now, send_queue)
                 if parent.gone():
                     log.warning("the supervisor is gone; stopping")
                     self.stopping = True
-        self.finish_stop()
+        if self.handing_over:
+            hand_over(self, self.control)  # type: ignore[arg-type]
+        else:
+            self.finish_stop()
+
+    def on_control(self) -> None:
+        asked = asked_to_hand_over(self.control)  # type: ignore[arg-type]
+        if asked is None:  # the supervisor is gone: nobody will ask
+            self.sel.unregister(self.control)
+        self.handing_over = bool(asked) and not self.stopping
 
     def choose_timeout(self) -> float:
         if not self.outbound.empty():
@@ -153,59 +176,6 @@ class ConnectProcess:
             for c in list(self.table.clients.values()):
                 self.update_interest(c)
             self.update_listener()
-
-    # -- sockets ----------------------------------------------------------------------------
-    def flush(self, c: Client) -> None:
-        sent = 0
-        if c.out:
-            try:
-                sent = c.handle.send(c.out)
-                self.written += sent
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError as err:
-                self.table.close(c, f"send failed: {err.strerror or err}")
-                return
-        if self.table.wrote(c, sent, self.now):
-            self.update_interest(c)
-
-    def read(self, c: Client) -> None:
-        try:
-            data = c.handle.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as err:
-            self.table.close(c, f"receive failed: {err.strerror or err}")
-            return
-        self.table.received(c, data, self.now)
-
-    def accept(self) -> None:
-        for _ in range(ACCEPTS_PER_TURN):
-            try:
-                sock, addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:  # EMFILE and friends: try again next turn
-                log.error("accept failed: %s", err)
-                return
-            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-            sock.setblocking(False)
-            c = self.table.open(peer, self.now)
-            if c is None:  # full: say so and close
-                with contextlib.suppress(OSError):
-                    sock.send(self.table.full_reply)
-                sock.close()
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            c.handle = sock
-            self.update_interest(c)
-
-    def _release(self, c: Client, reason: str) -> None:
-        """The table closed ``c``: let go of its socket."""
-        if c.events:
-            self.sel.unregister(c.handle)
-            c.events = 0
-        c.handle.close()
 
     def update_interest(self, c: Client) -> None:
         want = self.table.interest(c)
@@ -243,15 +213,18 @@ class ConnectProcess:
         log.info("stopped")
 
 
-def main(cfg: ServerConfig, listen_fd: int) -> int:
+def main(cfg: ServerConfig, listen_fd: int, control_fd: int = -1, adopt_fd: int = -1) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     enable_stack_dumps()
     listener = socket.socket(fileno=listen_fd)
+    control = socket.socket(fileno=control_fd) if control_fd >= 0 else None
     seg = ServerSegment.attach(cfg)
-    proc = ConnectProcess(cfg, seg, listener)
+    proc = ConnectProcess(cfg, seg, listener, control)
     try:
         log.info("started: clients on %s:%d", *listener.getsockname()[:2])
         proc.heartbeat.start()
+        if adopt_fd >= 0:
+            take_over(proc, socket.socket(fileno=adopt_fd))
         proc.run()
     finally:
         proc.heartbeat.stop()

@@ -6,7 +6,9 @@ replies are published (see ``server.core.stepper``).  With nothing to do it
 sleeps on the inbound queue's doorbell, at most ``TICK`` at a time so the
 heartbeat keeps moving; while its replies wait for room in the outbound
 queue it backs off briefly.  SIGTERM (sent by the supervisor) stops it once
-nothing is pending; it also stops when the supervisor is gone.
+nothing is pending; it also stops when the supervisor is gone.  SIGHUP (a
+graceful restart, ``run``'s SIGHUP) stops it after the step under way: the
+codes not yet stepped stay in the queue for the next logic process.
 
 Test-only fault injection: ``STCP_CRASH_AFTER_PUBLISHING_STEP=N`` makes the
 process kill itself with SIGKILL right after publishing step N, before
@@ -49,16 +51,21 @@ def crash_after_step(n: int) -> Callable[[int], None] | None:
 
 
 class _Stop:
-    requested = False
+    requested = False  # SIGTERM: once nothing is pending
+    reload = False  # SIGHUP: after this step
 
     def __call__(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if signum == signal.SIGHUP:
+            self.reload = True
+        else:
+            self.requested = True
 
 
 def main(cfg: ServerConfig) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     enable_stack_dumps()
     app = load_app(cfg.app)()
     seg = ServerSegment.attach(cfg)
@@ -106,6 +113,9 @@ def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing, heartbeat:
         if errors != errors_reported:
             status.add("app_errors", errors - errors_reported)
             errors_reported = errors
+        if stop.reload and done not in (LogicStepper.PARTIAL, LogicStepper.BLOCKED):
+            log.info("SIGHUP: the step under way is done; handing over to a new logic process")
+            break
         if done > 0 or done == LogicStepper.PARTIAL:
             backoff = 0.0
             continue

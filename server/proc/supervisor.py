@@ -19,7 +19,9 @@
    ``server.core.supervision``): the connect process first (no new
    connections or requests; queued replies are written), then the logic
    process once it has consumed every inbound code.  The segment stays, so
-   the next ``run`` recovers.  A second signal stops at once.
+   the next ``run`` recovers.  A second signal stops at once;
+6. on SIGHUP restarts both workers gracefully with the code on disk, the
+   clients handed over to the new connect process (``server.proc.reload``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..ipc.segment import ServerSegment
 from ..ipc.shm import SHMFactory
 from .common import monotonic_ms, signal_name
 from .notify import SystemdNotifier
+from .reload import Reloader
 from .workers import Worker, exit_reason, frozen, save_copy, stack_dump
 
 log = logging.getLogger("server.supervisor")
@@ -79,6 +82,7 @@ class Supervisor:
         self.stop_phase = StopPhase.RUNNING
         self.stop_signals = 0
         self.stall = Stall(cfg.stop_timeout + STOP_MARGIN, 0.0)
+        self.reloader = Reloader(self)
 
     # -- start --------------------------------------------------------------------
     def open(self) -> None:
@@ -151,19 +155,22 @@ class Supervisor:
                 attached=others,
             )
 
-    def spawn(self, w: Worker, now: float) -> None:
+    def spawn(self, w: Worker, now: float, adopt: socket.socket | None = None) -> None:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         w.start(
             self.cfg,
             self.listener,
             log_level=level if isinstance(level, str) else "INFO",
             run_dir=self.run_dir,
+            adopt=adopt,
         )
         assert w.proc is not None
         self.status.started(w.role, w.proc.pid, w.reason, w.detail)
         self.watchdog.started(w.role, now, self.status.progress(w.role))
         if w.reason is Reason.FIRST_START:
             log.info("started the %s process, pid %d", w.name, w.proc.pid)
+        elif w.reason is Reason.RELOADED:
+            log.info("started the new %s process, pid %d (SIGHUP)", w.name, w.proc.pid)
         else:
             log.warning(
                 "restarted the %s process, pid %d (restart %d; last one: %s)",
@@ -176,10 +183,15 @@ class Supervisor:
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> int:
-        self.open()
+        hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no reload before we run
+        try:
+            self.open()
+        finally:
+            signal.signal(signal.SIGHUP, hup)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_fd = signal.set_wakeup_fd(wake_w)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.reloader.on_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select
         try:
             now = time.monotonic()
@@ -217,6 +229,7 @@ class Supervisor:
             log.warning("second stop request: killing the workers now")
             self.advance(StopEvent.SECOND_REQUEST, now)
             return
+        self.reloader.check(now, running=self.stop_phase is StopPhase.RUNNING)
         self.watch(now)
         for w in self.workers.values():
             if w.proc is None and w.restart_at is not None and now >= w.restart_at:
@@ -269,6 +282,9 @@ class Supervisor:
             code = w.proc.poll()
             if code is not None and (w.stop_requested or self.stop_phase is StopPhase.DONE):
                 self.stopped(w, code)
+                continue
+            if code is not None and w.reload_requested:
+                self.reloader.logic_exited(w, code, now)
                 continue
             seen[w.role] = w.seen(self.status, code, frozen(w.proc.pid) if code is None else False)
         for action in self.watchdog.check(now, seen):
@@ -361,10 +377,11 @@ class Supervisor:
 
     def close(self) -> None:
         for w in self.workers.values():
-            if w.proc is not None:
-                w.kill()
-                w.proc.wait(5)
-                w.proc = None
+            for proc in (w.proc, w.retiring):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait(5)
+            w.proc = w.retiring = None
         if hasattr(self, "listener"):
             self.listener.close()
         if getattr(self, "own_run_dir", False):

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from ..errors import ConfigError
 from ..ipc.doorbell import RUN_DIR_ENV
 from ..ipc.shm import SHMFactory
 from .common import PARENT_ENV, STACK_SIGNAL, exit_text
+from .handover import control_pair
 
 log = logging.getLogger("server.supervisor")
 
@@ -48,27 +50,53 @@ class Worker:
     reason: Reason = Reason.FIRST_START
     detail: int = 0
     stop_requested: bool = False
+    reload_requested: bool = False  # SIGHUP: its exit is planned, start the next one at once
+    control: socket.socket | None = None  # connect: our end of its control socket
+    retiring: subprocess.Popen[bytes] | None = None  # connect: the one handing over
+    retire_by: float = 0.0
 
     @property
     def name(self) -> str:
         return self.role.name.lower()
 
     def start(
-        self, cfg: ServerConfig, listener: object, *, log_level: str = "INFO", run_dir: str = ""
+        self,
+        cfg: ServerConfig,
+        listener: socket.socket,
+        *,
+        log_level: str = "INFO",
+        run_dir: str = "",
+        adopt: socket.socket | None = None,
     ) -> None:
+        """Start the worker; a connect process gets the listener, a control
+        socket, and (``adopt``) the other end of a predecessor's control
+        socket, to take its clients over."""
         cmd = [sys.executable, "-m", "server", "--log-level", log_level, "worker", self.name]
         cmd += ["--config", cfg.to_json()]
-        fds: tuple[int, ...] = ()
+        fds: list[int] = []
+        theirs = None
         if self.role is Role.CONNECT:
-            fds = (listener.fileno(),)  # type: ignore[attr-defined]
-            cmd += ["--listen-fd", str(fds[0])]
+            if self.control is not None and self.control is not adopt:
+                self.control.close()  # a predecessor's, which nobody will take over
+            self.control, theirs = control_pair()
+            fds = [listener.fileno(), theirs.fileno()]
+            cmd += ["--listen-fd", str(fds[0]), "--control-fd", str(fds[1])]
+            if adopt is not None:
+                fds.append(adopt.fileno())
+                cmd += ["--adopt-fd", str(adopt.fileno())]
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
         if run_dir:
             env[RUN_DIR_ENV] = run_dir  # the doorbells' folder, checked by the supervisor
-        self.proc = subprocess.Popen(
-            cmd, pass_fds=fds, stdin=subprocess.DEVNULL, process_group=0, env=env
-        )
+        try:
+            self.proc = subprocess.Popen(
+                cmd, pass_fds=fds, stdin=subprocess.DEVNULL, process_group=0, env=env
+            )
+        finally:
+            for sock in (theirs, adopt):
+                if sock is not None:
+                    sock.close()  # the child has its copy
         self.restart_at = None
+        self.reload_requested = False
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

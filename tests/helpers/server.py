@@ -40,7 +40,7 @@ class ServerProc:
 
     def start(self, timeout: float = 15.0) -> ServerProc:
         path = os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])
-        env = dict(os.environ, PYTHONPATH=path, **self.extra_env)
+        env = {**os.environ, "PYTHONPATH": path, **self.extra_env}
         cmd = [sys.executable, "-m", "server", "run", "--port", "0", "--key", hex(self.key)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

@@ -1,0 +1,81 @@
+"""One client of the connect process, as its table keeps it (pure).
+
+``server.core.clients.ClientTable`` owns these and every decision about
+them; ``handle`` and ``events`` belong to the shell (``server.proc.connect``:
+the socket, and the interest registered for it), and the table never reads
+them.  ``Counters`` is where the table counts: the status board, or a
+test's stand-in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .codes import Kind, encode
+from .framing import Framing
+from .handover import ClientState
+
+
+class Counters(Protocol):
+    """Where the table counts (the status board, or a test's stand-in)."""
+
+    def add(self, counter: str, n: int = 1) -> None: ...
+
+    def set(self, counter: str, value: int) -> None: ...
+
+
+class Client:
+    """One client.  ``handle`` and ``events`` belong to the shell (its
+    socket, and the interest it registered); the table never reads them."""
+
+    __slots__ = (
+        "conn",
+        "slot",
+        "peer",
+        "framing",
+        "out",
+        "last_input",
+        "last_output",
+        "sent",
+        "sent_seen",
+        "queued",
+        "closing",
+        "frame_started",
+        "prefix",
+        "handle",
+        "events",
+    )
+
+    def __init__(self, conn: int, slot: int, peer: str, framing: Framing, now: float) -> None:
+        self.conn = conn
+        self.slot = slot
+        self.peer = peer
+        self.framing = framing
+        self.out = bytearray()  # reply bytes not yet taken by the socket
+        self.last_input = now
+        self.last_output = now  # when the peer last took reply bytes (seen at a tick)
+        self.sent = 0  # reply bytes its socket took, in all
+        self.sent_seen = 0  # ``sent`` at the last tick
+        self.queued = 0  # bytes in its socket's send queue (not yet acknowledged) then
+        self.closing = ""  # the app asked to close: the reason, once the output is out
+        self.frame_started = 0.0  # when the incomplete frame in its framer began
+        self.prefix = encode(Kind.MESSAGE, conn)  # + frame records = its inbound code
+        self.handle: Any = None
+        self.events = 0
+
+    def state(self) -> ClientState:
+        """This client as a handover carries it (``server.core.handover``)."""
+        return ClientState(
+            self.conn,
+            self.slot,
+            self.peer,
+            self.closing,
+            self.framing.pending(),
+            bytes(self.out),
+            self.last_input,
+            self.last_output,
+            self.frame_started,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Client {self.conn:#x} {self.peer} {len(self.out)} bytes out>"

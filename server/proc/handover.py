@@ -1,0 +1,123 @@
+"""The shell of a connect handover: sockets passed between two connect
+processes over a Unix ``SOCK_SEQPACKET`` socket (SCM_RIGHTS).
+
+The message format and every check are in ``server.core.handover``; here
+are only the sends and receives.  The old process (``hand_over``) is asked
+by its successor's READY on its control socket; the new one
+(``take_over``) sends READY on the socket the supervisor gave it, reads the
+handover until END (or until the old process is gone) and adopts what came
+whole.  See ``server.proc.supervisor`` for when the supervisor does this
+(SIGHUP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from ..core.client import Client
+from ..core.handover import CHUNK, READY, HandoverReader, Limits, messages
+from ..errors import HandoverError
+from .common import TICK, Parent
+
+log = logging.getLogger("server.connect")
+
+_MESSAGE_ROOM = CHUNK + 4096  # the largest message, with room for its JSON header
+
+
+def control_pair() -> tuple[socket.socket, socket.socket]:
+    """(the supervisor's end, the connect process's end)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def asked_to_hand_over(control: socket.socket) -> bool | None:
+    """The control socket is readable: True for READY, None when its other
+    end is gone (nobody will ask any more), False for anything else."""
+    try:
+        message = control.recv(64)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return None
+    if not message:
+        return None
+    if message != READY:
+        log.warning("ignoring %r on the control socket", message[:16])
+    return message == READY
+
+
+def hand_over(proc: Any, control: socket.socket) -> None:
+    """The old process: send every client and every code not yet queued."""
+    proc.push()  # what fits goes to the queue now; the rest travels
+    proc.outbound.doorbell.close()  # the successor becomes the consumer
+    clients, codes = proc.table.export()
+    socks = [c.handle for c in proc.table.clients.values()]
+    started = time.monotonic()
+    control.setblocking(True)
+    control.settimeout(proc.cfg.stop_timeout)
+    for message, index in messages(clients, codes):
+        if index is None:
+            control.sendall(message)
+        else:
+            socket.send_fds(control, [message], [socks[index].fileno()])
+    log.info(
+        "handed %d connection(s) and %d queued code(s) to the new connect process in %.0f ms",
+        len(clients),
+        len(codes),
+        (time.monotonic() - started) * 1000,
+    )
+
+
+def take_over(proc: Any, adopt: socket.socket) -> list[Client]:
+    """The new process: ask for the handover, read it, adopt what came whole."""
+    cfg = proc.cfg
+    limits = Limits(
+        max_conns=cfg.max_conns,
+        max_partial=cfg.max_frame + 4,
+        max_out=4 * cfg.out_buffer + cfg.queue_bytes + cfg.max_frame,
+        max_code=cfg.queue_bytes,
+    )
+    reader = HandoverReader(limits)
+    adopt.sendall(READY)
+    adopt.settimeout(TICK)
+    parent = Parent()
+    try:
+        while not reader.complete:
+            try:
+                message, fds, _flags, _addr = socket.recv_fds(adopt, _MESSAGE_ROOM, 1)
+            except TimeoutError:
+                if parent.gone():
+                    break
+                continue
+            if not message and not fds:
+                break  # the old process is gone
+            reader.feed(message, fds)
+    except (HandoverError, OSError) as err:
+        log.error("the handover from the previous connect process failed: %s", err)
+    finally:
+        for fd in reader.leftover():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        adopt.close()
+    if not reader.complete:
+        log.warning(
+            "the handover from the previous connect process was cut short; %d connection(s) "
+            "came whole, the others are lost",
+            len(reader.clients),
+        )
+    try:
+        adopted = proc.table.adopt([s for s, _ in reader.clients], reader.codes)
+    except HandoverError as err:
+        log.error("cannot adopt the connections handed over: %s; they are lost", err)
+        for _state, fd in reader.clients:
+            os.close(fd)
+        return []
+    for c, (_state, fd) in zip(adopted, reader.clients, strict=True):
+        c.handle = socket.socket(fileno=fd)
+        c.handle.setblocking(False)
+    log.info("took over %d connection(s) from the previous connect process", len(adopted))
+    return adopted
