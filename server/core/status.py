@@ -107,6 +107,7 @@ COUNTERS = (
     "replies_dropped",
     "closed_for_abuse",
     "app_errors",
+    "descriptors_held",  # the supervisor's duplicates of client sockets
 )
 _COUNTER_BASE = 80
 

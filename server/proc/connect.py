@@ -38,7 +38,8 @@ from ..core.supervision import Stall, stop_leftover
 from ..ipc.codequeue import GRACE
 from ..ipc.segment import ServerSegment
 from .common import TICK, Heartbeat, Parent, enable_stack_dumps
-from .handover import asked_to_hand_over, hand_over, take_over
+from .handover import asked_to_hand_over, hand_over, handover_socket, take_over
+from .keeper import Notices
 from .sockets import ClientSockets, send_queue
 
 log = logging.getLogger("server.connect")
@@ -46,7 +47,7 @@ log = logging.getLogger("server.connect")
 OUT_CODES_PER_TURN = 4096
 ROOM_POLL = 2e-3  # while the inbound queue is full
 
-_DOORBELL, _LISTENER, _CONTROL = "doorbell", "listener", "control"
+_DOORBELL, _LISTENER, _CONTROL, _HANDOVER = "doorbell", "listener", "control", "handover"
 # The table's interest bits are selectors' events, so they pass as they are
 # (tests/test_clients.py checks that they are the same bits).
 
@@ -73,6 +74,8 @@ class ConnectProcess(ClientSockets):
         self.sel = selectors.DefaultSelector()
         self.stopping = self.handing_over = False
         self.control = control
+        self.notices = Notices(control)  # OPEN and CLOSE for the supervisor (its duplicates)
+        self.handover: socket.socket | None = None  # given by the supervisor on SIGHUP
         self.asleep = False
         self.now = time.monotonic()
 
@@ -98,6 +101,8 @@ class ConnectProcess(ClientSockets):
         stall: Stall | None = None
         while not self.handing_over:
             heartbeat.turns += 1
+            if self.notices.queue:
+                self.notices.flush()
             self.deliver()
             if table.backlog:
                 self.push()
@@ -122,8 +127,8 @@ class ConnectProcess(ClientSockets):
                 c = key.data
                 if c is _LISTENER:
                     self.accept()
-                elif c is _CONTROL:
-                    self.on_control()
+                elif c is _CONTROL or c is _HANDOVER:
+                    self.on_control(c)
                 elif c is not _DOORBELL:
                     if mask & selectors.EVENT_WRITE and table.is_open(c):
                         self.flush(c)
@@ -138,14 +143,28 @@ class ConnectProcess(ClientSockets):
                     log.warning("the supervisor is gone; stopping")
                     self.stopping = True
         if self.handing_over:
-            hand_over(self, self.control)  # type: ignore[arg-type]
+            hand_over(self, self.handover)  # type: ignore[arg-type]
         else:
             self.finish_stop()
 
-    def on_control(self) -> None:
-        asked = asked_to_hand_over(self.control)  # type: ignore[arg-type]
-        if asked is None:  # the supervisor is gone: nobody will ask
-            self.sel.unregister(self.control)
+    def on_control(self, which: str) -> None:
+        """HAND from the supervisor; READY from the successor (SIGHUP)."""
+        if which is _CONTROL:
+            try:
+                sock = handover_socket(self.control)  # type: ignore[arg-type]
+            except EOFError:  # the supervisor is gone: nobody will ask
+                self.sel.unregister(self.control)
+                self.control = self.notices.control = None
+                return
+            if sock is not None and self.handover is None and not self.stopping:
+                self.handover = sock
+                self.sel.register(sock, selectors.EVENT_READ, _HANDOVER)
+            return
+        asked = asked_to_hand_over(self.handover)  # type: ignore[arg-type]
+        if asked is None:  # the successor died before asking
+            self.sel.unregister(self.handover)
+            self.handover.close()  # type: ignore[union-attr]
+            self.handover = None
         self.handing_over = bool(asked) and not self.stopping
 
     def choose_timeout(self) -> float:
@@ -207,6 +226,7 @@ class ConnectProcess(ClientSockets):
 
     def finish_stop(self) -> None:
         self.table.close_all("server stopping")
+        self.notices.flush()
         self.push()
         self.table.warn_unsent()
         self.sel.close()

@@ -2,8 +2,10 @@
 processes over a Unix ``SOCK_SEQPACKET`` socket (SCM_RIGHTS).
 
 The message format and every check are in ``server.core.handover``; here
-are only the sends and receives.  The old process (``hand_over``) is asked
-by its successor's READY on its control socket; the new one
+are only the sends and receives.  The supervisor gives the old process one
+end of a new socket pair (HAND on its control socket, see
+``server.proc.keeper``) and the successor the other; the old process
+(``hand_over``) is asked by its successor's READY on it; the new one
 (``take_over``) sends READY on the socket the supervisor gave it, reads the
 handover until END (or until the old process is gone) and adopts what came
 whole.  See ``server.proc.supervisor`` for when the supervisor does this
@@ -23,6 +25,7 @@ from ..core.client import Client
 from ..core.handover import CHUNK, READY, HandoverReader, Limits, messages
 from ..errors import HandoverError
 from .common import TICK, Parent
+from .keeper import HAND, recv_fds
 
 log = logging.getLogger("server.connect")
 
@@ -34,11 +37,30 @@ def control_pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-def asked_to_hand_over(control: socket.socket) -> bool | None:
-    """The control socket is readable: True for READY, None when its other
-    end is gone (nobody will ask any more), False for anything else."""
+def handover_socket(control: socket.socket) -> socket.socket | None:
+    """The control socket is readable: the socket to hand over on (HAND),
+    None for anything else.  Raises EOFError when the supervisor is gone."""
     try:
-        message = control.recv(64)
+        message, fds = recv_fds(control, 64, 1)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError as err:
+        raise EOFError(str(err)) from None
+    if not message and not fds:
+        raise EOFError("the supervisor closed the control socket")
+    if message == HAND and len(fds) == 1:
+        return socket.socket(fileno=fds[0])
+    for fd in fds:
+        os.close(fd)
+    log.warning("ignoring %r on the control socket", message[:16])
+    return None
+
+
+def asked_to_hand_over(sock: socket.socket) -> bool | None:
+    """The handover socket is readable: True for the successor's READY,
+    None when it is gone (it died before asking), False for anything else."""
+    try:
+        message = sock.recv(64)
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:
@@ -46,7 +68,7 @@ def asked_to_hand_over(control: socket.socket) -> bool | None:
     if not message:
         return None
     if message != READY:
-        log.warning("ignoring %r on the control socket", message[:16])
+        log.warning("ignoring %r on the handover socket", message[:16])
     return message == READY
 
 
@@ -115,9 +137,12 @@ def take_over(proc: Any, adopt: socket.socket) -> list[Client]:
         log.error("cannot adopt the connections handed over: %s; they are lost", err)
         for _state, fd in reader.clients:
             os.close(fd)
+        proc.notices.took(0)
         return []
     for c, (_state, fd) in zip(adopted, reader.clients, strict=True):
         c.handle = socket.socket(fileno=fd)
         c.handle.setblocking(False)
+        proc.notices.opened(c.conn, c.handle)  # the supervisor's duplicates are ours now
+    proc.notices.took(len(adopted))
     log.info("took over %d connection(s) from the previous connect process", len(adopted))
     return adopted

@@ -6,8 +6,9 @@ Like gunicorn's HUP, but nothing a client sent or is owed is dropped:
   atomic, see ``server.core.stepper``), exits 0, and the supervisor starts
   the next one at once.  The codes not yet stepped wait in the inbound
   queue; the new process starts with them.
-* **connect**: a new connect process is started *next to* the old one and
-  given the other end of the old one's control socket.  It sends READY;
+* **connect**: a new connect process is started *next to* the old one; a
+  new socket pair joins them (one end to the new process, the other sent to
+  the old one in a HAND notice, ``server.proc.keeper``).  It sends READY;
   the old one stops reading and popping, hands over every client socket,
   each client's incomplete frame and unwritten replies, and the codes not
   yet queued (``server.proc.handover``), lets go of its doorbell and exits;
@@ -25,9 +26,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from typing import Any
 
 from ..core.status import Reason, Role, WorkerState
+from .handover import control_pair
+from .keeper import HAND
 from .workers import Worker, exit_reason
 
 log = logging.getLogger("server.supervisor")
@@ -38,6 +42,7 @@ class Reloader:
         self.sup = supervisor
         self.requested = 0  # SIGHUPs received (set from the signal handler)
         self.done = 0
+        self.ended: set[int] = set()  # a retiring pid seen ended, its clients not yet settled
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.requested += 1
@@ -68,14 +73,26 @@ class Reloader:
         connect = self.sup.workers[Role.CONNECT]
         if connect.proc is None or connect.control is None:
             return  # restarting anyway (it crashed): its next start reads the new code
-        connect.retiring = connect.proc
+        theirs, ours = control_pair()
+        try:
+            socket.send_fds(connect.control, [HAND], [theirs.fileno()])
+        except OSError as err:
+            log.warning("cannot ask the connect process to hand over (%s): not reloading it", err)
+            ours.close()
+            return
+        finally:
+            theirs.close()
+        connect.retiring, connect.retiring_control = connect.proc, connect.control
         connect.retire_by = now + self.sup.cfg.hang_timeout
-        connect.proc = None
+        connect.proc = connect.control = None
         connect.reason, connect.detail = Reason.RELOADED, connect.retiring.pid
         self.sup.watchdog.forget(Role.CONNECT)
-        self.sup.spawn(connect, now, adopt=connect.control)
+        self.sup.spawn(connect, now, adopt=ours)
 
     def watch_retiring(self, w: Worker, now: float) -> None:
+        """Kill an old connect that does not hand over in time; once it has
+        ended and the new one said which clients it took (TOOK), close our
+        duplicates of the others, which nobody serves."""
         old = w.retiring
         if old is None:
             return
@@ -90,13 +107,32 @@ class Reloader:
                 )
                 old.kill()
             return
-        w.retiring = None
+        if old.pid not in self.ended:
+            self.ended.add(old.pid)
+            self.log_retired(old.pid, code)
+        keeper = self.sup.keeper
+        keeper.read(w.retiring_control)
+        new_alive = w.proc is not None and w.proc.poll() is None
+        took = w.control is not None and w.control.fileno() in keeper.took
+        if new_alive and not took:
+            return  # the new one is still taking over
+        if w.control is not None:
+            keeper.took.discard(w.control.fileno())
+        lost = keeper.close_owned_by(w.retiring_control) if w.retiring_control else 0
+        if lost:
+            log.warning("closed %d client(s) the old connect process did not hand over", lost)
+        if w.retiring_control is not None:
+            w.retiring_control.close()
+        w.retiring = w.retiring_control = None
+        self.ended.discard(old.pid)
+
+    def log_retired(self, pid: int, code: int) -> None:
         if code == 0:
-            log.info("the old connect process (pid %d) handed over and exited", old.pid)
+            log.info("the old connect process (pid %d) handed over and exited", pid)
         else:
             log.warning(
                 "the old connect process (pid %d) ended while handing over: %s",
-                old.pid,
+                pid,
                 exit_reason(code)[2],
             )
 

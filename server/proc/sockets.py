@@ -15,6 +15,7 @@ import termios
 from typing import Any
 
 from ..core.clients import Client, ClientTable
+from .keeper import Notices
 
 log = logging.getLogger("server.connect")
 
@@ -35,6 +36,7 @@ def send_queue(c: Client) -> int:
 class ClientSockets:
     table: ClientTable
     listener: socket.socket
+    notices: Notices
     sel: Any
     now: float
     written: int
@@ -85,6 +87,7 @@ class ClientSockets:
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             c.handle = sock
+            self.notices.opened(c.conn, sock)  # before it is served
             self.update_interest(c)
 
     def _release(self, c: Client, reason: str) -> None:
@@ -92,4 +95,5 @@ class ClientSockets:
         if c.events:
             self.sel.unregister(c.handle)
             c.events = 0
+        self.notices.closed(c.conn)
         c.handle.close()

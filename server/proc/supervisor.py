@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import select
@@ -42,13 +41,13 @@ from ..core.header import StartMode
 from ..core.status import Reason, Role, StatusBoard, WorkerState
 from ..core.supervision import Stall, StopEvent, StopPhase, next_phase
 from ..core.watchdog import Act, Action, Verdict, Watchdog
-from ..errors import CannotListen, CorruptSegment, DoorbellPermissionError, SegmentInUse
-from ..ipc.doorbell import private_run_dir, run_dir
 from ..ipc.segment import ServerSegment
 from ..ipc.shm import SHMFactory
 from .common import monotonic_ms, signal_name
+from .keeper import FdKeeper
 from .notify import SystemdNotifier
 from .reload import Reloader
+from .startup import doorbell_folder, listen, open_segment, refuse_if_running
 from .workers import Worker, exit_reason, frozen, save_copy, stack_dump
 
 log = logging.getLogger("server.supervisor")
@@ -57,19 +56,6 @@ CHECK_INTERVAL = 0.25
 STOP_MARGIN = 5.0  # beyond --stop-timeout: a stopping worker may still report what is left
 _STOPPING = (StopPhase.STOPPING_CONNECT, StopPhase.STOPPING_LOGIC)
 _VERDICT_REASON = {Verdict.HUNG: Reason.HUNG, Verdict.SLOW: Reason.SLOW}
-
-
-def _why(err: OSError) -> str:
-    """What a failed bind means for the user."""
-    if isinstance(err, socket.gaierror) or (err.errno or 0) < 0:  # getaddrinfo's EAI_* codes
-        return "--host is not a valid address or host name"
-    if err.errno == errno.EADDRINUSE:
-        return "is another server using the port? pick another with --port (0: any free one)"
-    if err.errno == errno.EADDRNOTAVAIL:
-        return "--host is not an address of this machine"
-    if err.errno == errno.EACCES:
-        return "ports below 1024 need privileges; pick another with --port"
-    return "check --host and --port"
 
 
 class Supervisor:
@@ -83,35 +69,16 @@ class Supervisor:
         self.stop_signals = 0
         self.stall = Stall(cfg.stop_timeout + STOP_MARGIN, 0.0)
         self.reloader = Reloader(self)
+        self.keeper = FdKeeper()
 
     # -- start --------------------------------------------------------------------
     def open(self) -> None:
         cfg = self.cfg
-        self.refuse_if_running()
-        try:
-            self.listener = socket.create_server((cfg.host, cfg.port), backlog=1024)
-        except OSError as err:
-            raise CannotListen(
-                f"cannot listen on {cfg.host}:{cfg.port}: {(err.strerror or str(err)).split(' (')[0]}; "
-                f"{_why(err)}",
-                host=cfg.host,
-                port=cfg.port,
-            ) from None
+        refuse_if_running(cfg)
+        self.listener = listen(cfg)
         self.address = self.listener.getsockname()[:2]
-        self.run_dir, self.own_run_dir = self.doorbell_folder()
-        try:
-            self.seg = ServerSegment.create(cfg, discard_pending=self.discard_pending)
-        except CorruptSegment as err:
-            path = save_copy(cfg.key)
-            log.warning(
-                "the segment 0x%08x is corrupt (%s): saved a copy to %s; re-initialising it, "
-                "whatever it held is lost",
-                cfg.key,
-                err,
-                path,
-            )
-            SHMFactory.remove(cfg.key)
-            self.seg = ServerSegment.create(cfg)
+        self.run_dir, self.own_run_dir = doorbell_folder()
+        self.seg = open_segment(cfg, self.discard_pending)
         self.board(self.seg.status)
         recovered = self.seg.start_mode is StartMode.RECOVER
         self.status.started(
@@ -130,30 +97,10 @@ class Supervisor:
         else:
             log.info("start mode INIT: a new segment 0x%08x", cfg.key)
 
-    def doorbell_folder(self) -> tuple[str, bool]:
-        """Where the workers' doorbells go; a private folder of our own if
-        the usual one is not safely ours (a squatter cannot stop us)."""
-        try:
-            return run_dir(), False
-        except DoorbellPermissionError as err:
-            path = private_run_dir()
-            log.warning("%s; using a private folder for the doorbells instead: %s", err, path)
-            return path, True
-
     def board(self, status: StatusBoard) -> None:
         self.status = status
         self.meter = status.meter(Role.SUPERVISOR)
         status.supervisor_started()
-
-    def refuse_if_running(self) -> None:
-        others = SHMFactory.attached_elsewhere(self.cfg.key)
-        if others > 0:
-            raise SegmentInUse(
-                f"a server is already running with key 0x{self.cfg.key:08x} ({others} process(es) "
-                f"attached); stop it first, or use another --key",
-                key=self.cfg.key,
-                attached=others,
-            )
 
     def spawn(self, w: Worker, now: float, adopt: socket.socket | None = None) -> None:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
@@ -200,7 +147,8 @@ class Supervisor:
             print(f"listening on {self.address[0]}:{self.address[1]}", flush=True)
             self.notify.ready(f"listening on {self.address[0]}:{self.address[1]}")
             while self.stop_phase is not StopPhase.DONE:
-                select.select([wake_r], [], [], CHECK_INTERVAL)  # signals write to wake_w
+                ready = [wake_r] + [c.fileno() for c in self.controls() if c is not None]
+                select.select(ready, [], [], CHECK_INTERVAL)  # signals write to wake_w
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):
                         pass
@@ -213,6 +161,29 @@ class Supervisor:
             os.close(wake_r)
             os.close(wake_w)
             self.close()
+
+    def controls(self) -> tuple[socket.socket | None, socket.socket | None]:
+        connect = self.workers[Role.CONNECT]
+        return connect.control, connect.retiring_control
+
+    def read_notices(self) -> None:
+        for control in self.controls():
+            self.keeper.read(control)
+        self.status.set("descriptors_held", len(self.keeper.held))
+
+    def drop_clients(self, w: Worker, why: str) -> None:
+        """The connect process ended: read its last notices, then close our
+        duplicates of its clients (a new one cannot resume them yet)."""
+        self.keeper.read(w.control)
+        if w.control is not None:
+            w.control.close()
+            w.control = None
+        n = self.keeper.close_all()
+        self.status.set("descriptors_held", 0)
+        if n:
+            log.info(
+                "closed the %d client socket(s) still held for the connect process (%s)", n, why
+            )
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_signals += 1
@@ -229,6 +200,7 @@ class Supervisor:
             log.warning("second stop request: killing the workers now")
             self.advance(StopEvent.SECOND_REQUEST, now)
             return
+        self.read_notices()
         self.reloader.check(now, running=self.stop_phase is StopPhase.RUNNING)
         self.watch(now)
         for w in self.workers.values():
@@ -312,6 +284,8 @@ class Supervisor:
             assert w.proc is not None
             code = w.proc.returncode
             w.proc = None
+            if w.role is Role.CONNECT:
+                self.drop_clients(w, "it ended")
             if action.verdict in _VERDICT_REASON:
                 w.reason = _VERDICT_REASON[action.verdict]
                 timeout = self.cfg.hang_timeout if action.verdict is Verdict.HUNG else None
@@ -342,6 +316,8 @@ class Supervisor:
             if w.proc is not None:
                 w.proc.wait(5)
                 w.proc = None
+            if w.role is Role.CONNECT:
+                self.drop_clients(w, "the segment is re-initialised")
             w.reason, w.detail, w.restart_at = Reason.REINIT, 0, now
             self.watchdog.forget(w.role)
         path = save_copy(self.cfg.key)
@@ -363,6 +339,8 @@ class Supervisor:
         assert w.proc is not None
         pid = w.proc.pid
         w.proc = None
+        if w.role is Role.CONNECT:
+            self.drop_clients(w, "it stopped")
         self.status.stopped(w.role)
         self.watchdog.forget(w.role)
         if code == 0:
@@ -376,6 +354,7 @@ class Supervisor:
             )
 
     def close(self) -> None:
+        self.keeper.close_all()
         for w in self.workers.values():
             for proc in (w.proc, w.retiring):
                 if proc is not None and proc.poll() is None:

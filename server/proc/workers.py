@@ -53,6 +53,7 @@ class Worker:
     reload_requested: bool = False  # SIGHUP: its exit is planned, start the next one at once
     control: socket.socket | None = None  # connect: our end of its control socket
     retiring: subprocess.Popen[bytes] | None = None  # connect: the one handing over
+    retiring_control: socket.socket | None = None  # and our end of its control socket
     retire_by: float = 0.0
 
     @property
@@ -69,16 +70,14 @@ class Worker:
         adopt: socket.socket | None = None,
     ) -> None:
         """Start the worker; a connect process gets the listener, a control
-        socket, and (``adopt``) the other end of a predecessor's control
-        socket, to take its clients over."""
+        socket (``server.proc.keeper``), and (``adopt``) a socket on which
+        its predecessor hands its clients over (SIGHUP)."""
         cmd = [sys.executable, "-m", "server", "--log-level", log_level, "worker", self.name]
         cmd += ["--config", cfg.to_json()]
         fds: list[int] = []
         theirs = None
         if self.role is Role.CONNECT:
-            if self.control is not None and self.control is not adopt:
-                self.control.close()  # a predecessor's, which nobody will take over
-            self.control, theirs = control_pair()
+            self.control, theirs = control_pair()  # the caller took care of the old one
             fds = [listener.fileno(), theirs.fileno()]
             cmd += ["--listen-fd", str(fds[0]), "--control-fd", str(fds[1])]
             if adopt is not None:

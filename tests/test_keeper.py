@@ -1,0 +1,113 @@
+"""The supervisor's duplicates of client sockets (``server.proc.keeper``).
+
+Real sockets and processes: the count follows the clients, a closed
+client is not kept half-open, and when the connect process dies the
+duplicates are closed (a new connect process cannot resume the streams
+yet), so no client is left hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+from helpers.server import EchoClient
+
+from server.proc.keeper import CLOSE, OPEN, FdKeeper, Notices
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_notices_reach_the_keeper_in_order_and_nothing_leaks() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    before = open_fds()
+    keeper, notices = FdKeeper(), Notices(theirs)
+    clients = [socket.socketpair() for _ in range(3)]
+    for i, (a, _b) in enumerate(clients):
+        notices.opened(100 + i, a)
+    notices.closed(101)
+    assert keeper.read(ours) and sorted(keeper.held) == [100, 102]
+    # malformed notices: ignored, and a descriptor sent with one is closed
+    socket.send_fds(theirs, [CLOSE + b"\0" * 8], [clients[0][0].fileno()])
+    theirs.send(b"?")
+    theirs.send(OPEN + b"\0" * 8)  # an OPEN without its socket
+    assert keeper.read(ours) and sorted(keeper.held) == [100, 102]
+    assert keeper.close_all() == 2 and keeper.held == {}
+    for a, b in clients:
+        a.close()
+        b.close()
+    theirs.close()
+    assert not keeper.read(ours)  # the other end is gone
+    ours.close()
+    assert open_fds() == before - 2
+
+
+def test_a_full_control_socket_queues_notices_instead_of_blocking() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    notices = Notices(theirs)
+    a, b = socket.socketpair()
+    for i in range(5000):  # far more than the socket buffer holds
+        notices.closed(i)
+    assert notices.queue  # some wait, nobody blocked
+    keeper = FdKeeper()
+    while notices.queue:
+        keeper.read(ours)
+        notices.flush()
+    notices.opened(7, a)
+    keeper.read(ours)
+    assert list(keeper.held) == [7]
+    keeper.close_all()
+    for s in (ours, theirs, a, b):
+        s.close()
+
+
+def held(server) -> int:  # type: ignore[no-untyped-def]
+    return int(server.info()["counters"]["descriptors_held"])
+
+
+def test_the_supervisor_holds_every_client_and_lets_go_when_connect_dies(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server()
+    clients = [EchoClient(server.port) for _ in range(3)]
+    for c in clients:
+        assert c.request(b"hi") == b"hi"
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 3, what="3 held")
+    clients.pop().close()
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 2, what="2 held")
+    os.kill(server.pid("connect"), signal.SIGKILL)
+    for c in clients:  # closed, not left half-open by the supervisor's duplicates
+        assert c.closed_by_server(5)
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 0, what="none held")
+    fresh = EchoClient(server.port)
+    assert fresh.request(b"again") == b"again"
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 1, what="1 held")
+    assert "closed the 2 client socket(s) still held" in server.log()
+    assert server.stop() == 0
+
+
+def test_a_reload_keeps_the_duplicates(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server()
+    clients = [EchoClient(server.port) for _ in range(2)]
+    for c in clients:
+        assert c.request(b"hi") == b"hi"
+    old = server.pid("connect")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for(
+        lambda i: i["processes"]["connect"]["pid"] not in (None, old)
+        and "handed over and exited" in server.log(),
+        what="connect reloaded",
+    )
+    time.sleep(0.5)
+    assert held(server) == 2
+    for c in clients:
+        assert c.request(b"still") == b"still"
+    clients[0].close()
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 1, what="1 held")
+    assert server.stop() == 0
