@@ -1,9 +1,8 @@
 """The supervisor's duplicates of client sockets (``server.proc.keeper``).
 
 Real sockets and processes: the count follows the clients, a closed
-client is not kept half-open, and when the connect process dies the
-duplicates are closed (a new connect process cannot resume the streams
-yet), so no client is left hanging.
+client is not kept half-open, and when the connect process dies the next
+one gets the clients whose streams are whole; the others are closed.
 """
 
 from __future__ import annotations
@@ -72,22 +71,28 @@ def held(server) -> int:  # type: ignore[no-untyped-def]
     return int(server.info()["counters"]["descriptors_held"])
 
 
-def test_the_supervisor_holds_every_client_and_lets_go_when_connect_dies(start_server) -> None:  # type: ignore[no-untyped-def]
+def test_the_supervisor_holds_every_client_and_hands_them_to_the_next_connect(start_server) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of connect: idle clients keep their connections (their streams
+    are whole); one that had sent half a frame is closed with the reason,
+    never served a stream with a hole."""
     server = start_server()
-    clients = [EchoClient(server.port) for _ in range(3)]
+    clients = [EchoClient(server.port) for _ in range(4)]
     for c in clients:
         assert c.request(b"hi") == b"hi"
-    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 3, what="3 held")
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 4, what="4 held")
     clients.pop().close()
-    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 2, what="2 held")
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 3, what="3 held")
+    halfway = clients.pop()
+    halfway.sock.sendall(b"\0\0\0\x10half")
+    time.sleep(0.3)  # read by connect, not a whole frame
     os.kill(server.pid("connect"), signal.SIGKILL)
-    for c in clients:  # closed, not left half-open by the supervisor's duplicates
-        assert c.closed_by_server(5)
-    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 0, what="none held")
-    fresh = EchoClient(server.port)
-    assert fresh.request(b"again") == b"again"
-    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 1, what="1 held")
-    assert "closed the 2 client socket(s) still held" in server.log()
+    for i, c in enumerate(clients):
+        assert c.request(b"after %d" % i) == b"after %d" % i  # the same TCP connection
+    assert halfway.closed_by_server(5)
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 2, what="2 held")
+    log = server.log()
+    assert "took over 2 connection(s) from the connect process that died; 1 closed" in log
+    assert "8 bytes were taken from the socket but never queued" in log  # 4 + "half"
     assert server.stop() == 0
 
 
@@ -100,8 +105,10 @@ def test_a_reload_keeps_the_duplicates(start_server) -> None:  # type: ignore[no
     assert server.proc is not None
     server.proc.send_signal(signal.SIGHUP)
     server.wait_for(
-        lambda i: i["processes"]["connect"]["pid"] not in (None, old)
-        and "handed over and exited" in server.log(),
+        lambda i: (
+            i["processes"]["connect"]["pid"] not in (None, old)
+            and "handed over and exited" in server.log()
+        ),
         what="connect reloaded",
     )
     time.sleep(0.5)

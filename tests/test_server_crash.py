@@ -138,13 +138,13 @@ def test_kill_9_everything_then_run_again_recovers_pending_codes(start_server) -
     c.close()
 
 
-def test_kill_9_connect_restarts_and_accepts_again(start_server) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_connect_restarts_accepts_again_and_keeps_an_idle_client(start_server) -> None:  # type: ignore[no-untyped-def]
     server: ServerProc = start_server()
     old = EchoClient(server.port)
     assert old.request(b"before") == b"before"
     victim = server.pid("connect")
     kill(victim)
-    assert old.closed_by_server()
+    assert old.request(b"still here") == b"still here"  # the same connection, nothing in flight
     server.wait_for(
         lambda i: (
             i["processes"]["connect"]["pid"] not in (None, victim)
@@ -156,9 +156,9 @@ def test_kill_9_connect_restarts_and_accepts_again(start_server) -> None:  # typ
     assert new.request(b"after") == b"after"
     info = server.info()
     assert info["processes"]["connect"]["restarts"] == 1
-    assert info["counters"]["connections_lost"] == 1
-    assert info["connections"] == 1
-    assert "1 client connection(s) of the previous connect process were lost" in server.log()
+    assert info["counters"]["connections_lost"] == 0
+    assert info["connections"] == 2
+    assert "took over 1 connection(s) from the connect process that died" in server.log()
 
 
 def test_poison_codes_are_set_aside_and_the_server_goes_on(start_server) -> None:  # type: ignore[no-untyped-def]

@@ -97,7 +97,7 @@ def test_every_kind_places_and_reports_the_same_way_on_a_bytearray() -> None:
     assert report["set_aside_kept"] == 0
     found.detach()
     shm.detach()
-    assert len(placed) == 4
+    assert len(placed) == 5
 
 
 def test_the_server_layout_starts_after_the_header() -> None:
@@ -109,6 +109,7 @@ def test_the_server_layout_starts_after_the_header() -> None:
         "status",
         "conns",
         "setaside",
+        "streams",
     ]
     assert segment_size(layout) > HEADER_SIZE + 2 * ServerConfig().queue_bytes
     assert KINDS["CodeQueue"].param_of(layout[0][2]) == ServerConfig().queue_bytes

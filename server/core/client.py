@@ -38,6 +38,8 @@ class Client:
         "last_output",
         "sent",
         "sent_seen",
+        "received",
+        "delivered",
         "queued",
         "closing",
         "frame_started",
@@ -57,6 +59,8 @@ class Client:
         self.sent = 0  # reply bytes its socket took, in all
         self.sent_seen = 0  # ``sent`` at the last tick
         self.queued = 0  # bytes in its socket's send queue (not yet acknowledged) then
+        self.received = 0  # bytes read from its socket, in all (the stream ledger's count)
+        self.delivered = 0  # reply bytes appended to ``out``, in all (the same)
         self.closing = ""  # the app asked to close: the reason, once the output is out
         self.frame_started = 0.0  # when the incomplete frame in its framer began
         self.prefix = encode(Kind.MESSAGE, conn)  # + frame records = its inbound code

@@ -28,11 +28,9 @@ Limits that protect everybody else from one client:
   times that, or ``send_timeout`` seconds without it taking a byte (its
   socket's send queue counts: see ``tick``), close it;
 * ``idle_timeout`` seconds without input close it;
-* ``frame_timeout`` seconds to finish a frame it began, or it is closed (a
-  client that sends one byte a second would otherwise hold its slot for
-  ever);
-* when ``max_conns`` clients are connected, a new one is refused (the shell
-  sends it ``full_reply``);
+* ``frame_timeout`` seconds to finish a frame it began, or it is closed
+  (else a client sending a byte a second holds its slot for ever);
+* beyond ``max_conns`` clients, a new one is refused (sent ``full_reply``);
 * when the inbound queue is full, reading from *every* client stops until
   it has room again: codes wait in ``backlog``, nothing is dropped.
 
@@ -92,6 +90,7 @@ class ClientTable:
         self.clients: dict[int, Client] = {}  # by connection id
         self.free_slots = list(range(cfg.max_conns - 1, -1, -1))  # pop() gives slot 0 first
         self.inq: list[bytes] = []  # inbound codes of this turn
+        self.fed: dict[int, Client] = {}  # clients read from since the queue took all
         self.backlog: collections.deque[bytes] = collections.deque()  # did not fit
         self.reading = True  # False while the inbound queue is full
         self.stopping = False
@@ -207,6 +206,8 @@ class ClientTable:
                 self.close(c, "client closed the connection")
             return
         c.last_input = now
+        c.received += len(data)
+        self.fed[c.conn] = c
         framing = c.framing
         partial = framing.buffered
         try:
@@ -270,12 +271,14 @@ class ClientTable:
                     dropped += 1
                     continue
                 c.out += code[HEADER_SIZE:]
+                c.delivered += len(code) - HEADER_SIZE
                 dirty[conn] = c
             elif kind == _BROADCAST:
                 frame = code[HEADER_SIZE:]
                 for other, c in clients.items():
                     if other != conn and not c.closing:
                         c.out += frame
+                        c.delivered += len(frame)
                         dirty[other] = c
             elif kind == _CLOSE:
                 c = clients.get(conn)

@@ -75,10 +75,16 @@ class Limits:
     max_code: int
 
 
-def messages(clients: list[ClientState], codes: list[bytes]) -> Iterator[tuple[bytes, int | None]]:
+def messages(
+    clients: list[ClientState], codes: list[bytes], *, resume: bool = False
+) -> Iterator[tuple[bytes, int | None]]:
     """The handover, message by message: (message, index of the client whose
-    socket goes with it, or None)."""
-    yield HELLO + _json({"version": VERSION, "clients": len(clients), "codes": len(codes)}), None
+    socket goes with it, or None).  ``resume``: the supervisor hands over
+    the sockets of a connect process that died; each stream must then be
+    checked against the stream ledger before it is served
+    (``server.core.streams``)."""
+    hello = {"version": VERSION, "clients": len(clients), "codes": len(codes), "resume": resume}
+    yield HELLO + _json(hello), None
     for i, c in enumerate(clients):
         head = dataclasses.asdict(c)
         head["partial"], head["out"] = len(c.partial), len(c.out)
@@ -108,6 +114,7 @@ class HandoverReader:
         self.codes: list[bytes] = []
         self.announced: dict[str, int] = {}
         self.complete = False
+        self.resume = False  # from a dead process, by the supervisor: check each stream
         self._index = 0
         self._head: dict[str, Any] | None = None  # the CLIENT or CODE whose DATA comes
         self._fd: int | None = None  # the socket of the CLIENT whose DATA comes
@@ -173,6 +180,7 @@ class HandoverReader:
         self._bound("client count", head.get("clients"), self.limits.max_conns)
         self._bound("code count", head.get("codes"), 1 << 24)
         self.announced = {"clients": head["clients"], "codes": head["codes"]}
+        self.resume = head.get("resume") is True
 
     def _client(self, head: dict[str, Any]) -> None:
         lim = self.limits

@@ -128,6 +128,39 @@ def outbound_skip(written: int, acked: int, unsent: int) -> Resume:
     return Resume(skip=skip)
 
 
+def resumable(
+    ledger: StreamLedger,
+    slot: int,
+    conn: int,
+    positions: tuple[int, int],
+    kernel: tuple[int, int, int, int],
+) -> str:
+    """Why connection ``conn`` cannot be served on as it is after its
+    connect process died ("" if it can).  ``positions``: the inbound tail
+    and the outbound head; ``kernel``: received, unread, acked, unsent.
+
+    Served on means nothing is lost or repeated as it stands: every byte
+    read from the socket was queued, and every reply byte taken out of the
+    outbound queue was handed to the socket.  A frame read in part, or
+    replies not yet written, when the process died are gone with it: that
+    connection is closed (a later part of this work keeps those too)."""
+    in_tail, out_head = positions
+    received, unread, acked, unsent = kernel
+    ledger.settle(slot, INBOUND, in_tail)
+    ledger.settle(slot, OUTBOUND, out_head)
+    if ledger.conn(slot) != conn:
+        return f"the stream ledger holds connection {ledger.conn(slot):#x}, not this one"
+    r = inbound_skip(ledger.value(slot, INBOUND, in_tail), received, unread)
+    if r.ok and r.skip:
+        r = Resume(problem=f"{r.skip} bytes were queued but are still unread")
+    if not r.ok:
+        return f"inbound: {r.problem}"
+    r = outbound_skip(ledger.value(slot, OUTBOUND, out_head), acked, unsent)
+    if r.ok and r.skip:
+        r = Resume(problem=f"the kernel took {r.skip} reply bytes more than were written")
+    return "" if r.ok else f"outbound: {r.problem}"
+
+
 def trim(chunks: list[bytes], skip: int) -> list[bytes]:
     """``chunks`` (one connection's re-delivered output, in order) without
     their first ``skip`` bytes."""

@@ -11,6 +11,7 @@ header records it, and RECOVER checks it)::
     status    StatusBoard  1024                       supervisor, workers
     conns     ConnTable    8 * max_conns              connect
     setaside  SetAsideLog  256 + 64 KiB               logic (poison requests kept)
+    streams   StreamLedger 64 * max_conns             connect (where each stream stands)
 
 Every kind is placed the same way (``server.core.placed``): ``objects(cfg)``
 lists (name, kind, parameter), and both the layout that ``create_product``
@@ -34,6 +35,7 @@ from ..core.placed import InSegment
 from ..core.setaside import CAPACITY as SETASIDE_CAPACITY
 from ..core.setaside import SetAsideLog
 from ..core.status import StatusBoard
+from ..core.streams import StreamLedger
 from ..errors import ConfigError, CorruptSegment, SegmentError
 from .codequeue import CodeQueue
 from .shm import SharedMemory, SHMFactory
@@ -44,7 +46,8 @@ Layout = list[tuple[str, str, int]]
 Objects = list[tuple[str, type[InSegment], int]]
 
 KINDS: dict[str, type[InSegment]] = {
-    cls.KIND: cls for cls in (CodeQueue, StepJournal, StatusBoard, ConnTable, SetAsideLog)
+    cls.KIND: cls
+    for cls in (CodeQueue, StepJournal, StatusBoard, ConnTable, SetAsideLog, StreamLedger)
 }
 
 
@@ -57,6 +60,7 @@ def objects(cfg: ServerConfig) -> Objects:
         ("status", StatusBoard, 0),
         ("conns", ConnTable, cfg.max_conns),
         ("setaside", SetAsideLog, SETASIDE_CAPACITY),
+        ("streams", StreamLedger, cfg.max_conns),
     ]
 
 
@@ -148,6 +152,7 @@ class ServerSegment:
     status: StatusBoard
     conns: ConnTable
     setaside: SetAsideLog
+    streams: StreamLedger
 
     def __init__(self, shm: SharedMemory, cfg: ServerConfig) -> None:
         self.shm = shm

@@ -34,11 +34,12 @@ import time
 from ..core.clients import Client, ClientTable
 from ..core.config import ServerConfig
 from ..core.status import Role
+from ..core.streams import INBOUND, OUTBOUND
 from ..core.supervision import Stall, stop_leftover
 from ..ipc.codequeue import GRACE
 from ..ipc.segment import ServerSegment
 from .common import TICK, Heartbeat, Parent, enable_stack_dumps
-from .handover import asked_to_hand_over, hand_over, handover_socket, take_over
+from .handover import hand_over, on_control, take_over
 from .keeper import Notices
 from .sockets import ClientSockets, send_queue
 
@@ -62,6 +63,7 @@ class ConnectProcess(ClientSockets):
     ) -> None:
         self.inbound = seg.inbound
         self.outbound = seg.outbound
+        self.streams = seg.streams  # where each client's streams stand (a restart resumes them)
         self.cfg = cfg
         self.status = seg.status
         self.written = 0  # reply bytes the sockets took
@@ -127,8 +129,8 @@ class ConnectProcess(ClientSockets):
                 c = key.data
                 if c is _LISTENER:
                     self.accept()
-                elif c is _CONTROL or c is _HANDOVER:
-                    self.on_control(c)
+                elif c in (_CONTROL, _HANDOVER):
+                    on_control(self, c == _CONTROL)
                 elif c is not _DOORBELL:
                     if mask & selectors.EVENT_WRITE and table.is_open(c):
                         self.flush(c)
@@ -147,26 +149,6 @@ class ConnectProcess(ClientSockets):
         else:
             self.finish_stop()
 
-    def on_control(self, which: str) -> None:
-        """HAND from the supervisor; READY from the successor (SIGHUP)."""
-        if which is _CONTROL:
-            try:
-                sock = handover_socket(self.control)  # type: ignore[arg-type]
-            except EOFError:  # the supervisor is gone: nobody will ask
-                self.sel.unregister(self.control)
-                self.control = self.notices.control = None
-                return
-            if sock is not None and self.handover is None and not self.stopping:
-                self.handover = sock
-                self.sel.register(sock, selectors.EVENT_READ, _HANDOVER)
-            return
-        asked = asked_to_hand_over(self.handover)  # type: ignore[arg-type]
-        if asked is None:  # the successor died before asking
-            self.sel.unregister(self.handover)
-            self.handover.close()  # type: ignore[union-attr]
-            self.handover = None
-        self.handing_over = bool(asked) and not self.stopping
-
     def choose_timeout(self) -> float:
         if not self.outbound.empty():
             return 0.0
@@ -183,18 +165,30 @@ class ConnectProcess(ClientSockets):
 
     # -- queues ---------------------------------------------------------------------------
     def deliver(self) -> None:
-        codes = self.outbound.pop_many(OUT_CODES_PER_TURN, 1 << 20)
+        codes, new_head = self.outbound.peek_many(OUT_CODES_PER_TURN, 1 << 20)
         if codes:
+            dirty = self.table.deliver(codes)
+            head, commit = self.outbound.ring.head, self.streams.commit
+            for c in dirty:  # the reply bytes now in ``out``, valid with the new head
+                commit(c.slot, OUTBOUND, c.delivered, new_head, head)
+            self.outbound.commit_head(new_head, len(codes))
             self.progress[0] += len(codes)
-            for c in self.table.deliver(codes):
+            for c in dirty:
                 if self.table.is_open(c):
                     self.flush(c)
 
     def push(self) -> None:
-        if self.table.push(self.inbound.push_many):  # reading paused or resumed
-            for c in list(self.table.clients.values()):
+        table = self.table
+        if table.push(self.inbound.push_many):  # reading paused or resumed
+            for c in list(table.clients.values()):
                 self.update_interest(c)
             self.update_listener()
+        if table.fed and not table.backlog:  # every frame read so far is queued
+            tail, commit = self.inbound.ring.tail, self.streams.commit
+            for c in table.fed.values():
+                if table.is_open(c):
+                    commit(c.slot, INBOUND, c.received - c.framing.buffered, tail, tail)
+            table.fed.clear()
 
     def update_interest(self, c: Client) -> None:
         want = self.table.interest(c)

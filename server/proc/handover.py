@@ -17,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
 import socket
 import time
 from typing import Any
 
 from ..core.client import Client
 from ..core.handover import CHUNK, READY, HandoverReader, Limits, messages
+from ..core.streams import resumable
 from ..errors import HandoverError
+from ..ipc.tcpstate import counters
 from .common import TICK, Parent
 from .keeper import HAND, recv_fds
 
@@ -70,6 +73,28 @@ def asked_to_hand_over(sock: socket.socket) -> bool | None:
     if message != READY:
         log.warning("ignoring %r on the handover socket", message[:16])
     return message == READY
+
+
+def on_control(proc: Any, from_supervisor: bool) -> None:
+    """A connect process's control socket (HAND from the supervisor) or
+    handover socket (READY from the successor) is readable."""
+    if from_supervisor:
+        try:
+            sock = handover_socket(proc.control)
+        except EOFError:  # the supervisor is gone: nobody will ask
+            proc.sel.unregister(proc.control)
+            proc.control = proc.notices.control = None
+            return
+        if sock is not None and proc.handover is None and not proc.stopping:
+            proc.handover = sock
+            proc.sel.register(sock, selectors.EVENT_READ, "handover")
+        return
+    asked = asked_to_hand_over(proc.handover)
+    if asked is None:  # the successor died before asking
+        proc.sel.unregister(proc.handover)
+        proc.handover.close()
+        proc.handover = None
+    proc.handing_over = bool(asked) and not proc.stopping
 
 
 def hand_over(proc: Any, control: socket.socket) -> None:
@@ -131,6 +156,11 @@ def take_over(proc: Any, adopt: socket.socket) -> list[Client]:
             "came whole, the others are lost",
             len(reader.clients),
         )
+    if reader.resume:  # a dead process's sockets: only those still open in the table
+        keep = [(s, fd) for s, fd in reader.clients if proc.table.conns.is_open(s.conn)]
+        for _s, fd in set(reader.clients) - set(keep):
+            os.close(fd)
+        reader.clients = keep
     try:
         adopted = proc.table.adopt([s for s, _ in reader.clients], reader.codes)
     except HandoverError as err:
@@ -139,10 +169,26 @@ def take_over(proc: Any, adopt: socket.socket) -> list[Client]:
             os.close(fd)
         proc.notices.took(0)
         return []
+    positions = (proc.inbound.ring.tail, proc.outbound.ring.head)
+    lost = 0
     for c, (_state, fd) in zip(adopted, reader.clients, strict=True):
         c.handle = socket.socket(fileno=fd)
         c.handle.setblocking(False)
+        k = counters(c.handle)
+        c.received, c.delivered = k.consumed, k.taken + len(c.out)  # the counts go on
         proc.notices.opened(c.conn, c.handle)  # the supervisor's duplicates are ours now
+        if reader.resume:
+            kernel = (k.received, k.unread, k.acked, k.unsent)
+            why = resumable(proc.streams, c.slot, c.conn, positions, kernel)
+            if why:
+                proc.table.close(c, f"lost with the connect process that died: {why}")
+                lost += 1
     proc.notices.took(len(adopted))
-    log.info("took over %d connection(s) from the previous connect process", len(adopted))
+    source = "the connect process that died" if reader.resume else "the previous connect process"
+    log.info(
+        "took over %d connection(s) from %s%s",
+        len(adopted) - lost,
+        source,
+        f"; {lost} closed (their bytes in flight died with it)" if lost else "",
+    )
     return adopted

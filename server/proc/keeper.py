@@ -13,10 +13,14 @@ it serves::
 
 OPEN is sent before the client is served, so the supervisor holds every
 connection the connect process holds.  The supervisor closes its
-duplicate on CLOSE, so a closed client is never kept half-open, and also
-when the connect process dies: a restarted one cannot yet resume a stream
-byte-exact, so those clients are closed as before (and the log says how
-many).  ``inspect`` shows how many it holds (``descriptors_held``).
+duplicate on CLOSE, so a closed client is never kept half-open.  When the
+connect process dies, the supervisor hands its duplicates to the next one
+(``resume``: the handover format of ``server.core.handover``, marked
+``resume``); that one serves on every connection whose streams the ledger
+shows whole (``server.core.streams.resumable``), closes the others, and
+announces what it took (OPEN each, then TOOK); the supervisor then closes
+the duplicates nobody took.  ``inspect`` shows how many it holds
+(``descriptors_held``).
 
 The connect process never blocks on a notice: ``Notices`` queues what the
 socket does not take now and sends it on a later turn, in order (a lost
@@ -31,6 +35,10 @@ import collections
 import logging
 import os
 import socket
+import time
+
+from ..core.codes import slot_of
+from ..core.handover import ClientState, messages
 
 OPEN, CLOSE, HAND, TOOK = b"O", b"X", b"H", b"T"
 
@@ -98,8 +106,70 @@ class FdKeeper:
 
     def __init__(self) -> None:
         self.held: dict[int, socket.socket] = {}
-        self.owner: dict[int, socket.socket] = {}  # conn -> the control socket it came on
+        self.owner: dict[int, object] = {}  # conn -> the control socket it came on
         self.took: set[int] = set()  # control sockets that sent TOOK (by fileno)
+        self.resuming: object | None = None  # the owner of duplicates handed on
+        self._resume: collections.deque[tuple[bytes, socket.socket | None]] = collections.deque()
+        self._resume_sock: socket.socket | None = None
+
+    # -- handing a dead connect process's clients to the next one ------------------------
+    def resume(self) -> socket.socket | None:
+        """After the connect process died: the socket to give the next one
+        (``--adopt-fd``), on which every held client will be handed to it;
+        None if there is none."""
+        self.end_resume()
+        if not self.held:
+            return None
+        self.resuming = marker = object()
+        states, socks = [], []
+        for conn, sock in self.held.items():
+            try:
+                peer = "{}:{}".format(*sock.getpeername()[:2])
+            except OSError:
+                peer = "?"
+            states.append(ClientState(conn, slot_of(conn), peer, last_input=time.monotonic()))
+            socks.append(sock)
+            self.owner[conn] = marker
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        self._resume_sock = ours
+        self._resume.extend(
+            (m, None if i is None else socks[i]) for m, i in messages(states, [], resume=True)
+        )
+        return theirs
+
+    def flush_resume(self) -> None:
+        sock = self._resume_sock
+        while self._resume and sock is not None:
+            message, client = self._resume[0]
+            try:
+                if client is None:
+                    sock.send(message)
+                else:
+                    socket.send_fds(sock, [message], [client.fileno()])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # the new process is gone: its death starts this again
+                self._resume.clear()
+                return
+            self._resume.popleft()
+
+    def settle_resume(self, control: socket.socket | None) -> int:
+        """Once the new process said TOOK on ``control``: close what it did
+        not take; how many."""
+        if self.resuming is None or control is None or control.fileno() not in self.took:
+            return 0
+        self.took.discard(control.fileno())
+        n = self.close_owned_by(self.resuming)
+        self.end_resume()
+        return n
+
+    def end_resume(self) -> None:
+        self._resume.clear()
+        if self._resume_sock is not None:
+            self._resume_sock.close()
+            self._resume_sock = None
+        self.resuming = None
 
     def read(self, control: socket.socket | None) -> bool:
         """Take every notice waiting on ``control``; False once its other
@@ -139,7 +209,7 @@ class FdKeeper:
         if sock is not None:
             sock.close()
 
-    def close_owned_by(self, control: socket.socket) -> int:
+    def close_owned_by(self, control: object) -> int:
         """Close the duplicates that came on ``control`` and that no other
         process announced since (clients a dead process did not hand over)."""
         conns = [conn for conn, owner in self.owner.items() if owner is control]
@@ -154,4 +224,5 @@ class FdKeeper:
             sock.close()
         self.held.clear()
         self.owner.clear()
+        self.end_resume()
         return n

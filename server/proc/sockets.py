@@ -15,6 +15,7 @@ import termios
 from typing import Any
 
 from ..core.clients import Client, ClientTable
+from ..core.streams import StreamLedger
 from .keeper import Notices
 
 log = logging.getLogger("server.connect")
@@ -37,6 +38,7 @@ class ClientSockets:
     table: ClientTable
     listener: socket.socket
     notices: Notices
+    streams: StreamLedger
     sel: Any
     now: float
     written: int
@@ -87,6 +89,7 @@ class ClientSockets:
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             c.handle = sock
+            self.streams.opened(c.slot, c.conn, 0)
             self.notices.opened(c.conn, sock)  # before it is served
             self.update_interest(c)
 

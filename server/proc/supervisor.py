@@ -103,6 +103,8 @@ class Supervisor:
         status.supervisor_started()
 
     def spawn(self, w: Worker, now: float, adopt: socket.socket | None = None) -> None:
+        if w.role is Role.CONNECT and adopt is None:
+            adopt = self.keeper.resume()  # the clients of the one that died, if any
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         w.start(
             self.cfg,
@@ -171,6 +173,11 @@ class Supervisor:
             self.keeper.read(control)
         self.status.set("descriptors_held", len(self.keeper.held))
 
+    def close_control(self, w: Worker) -> None:
+        if w.control is not None:
+            w.control.close()
+            w.control = None
+
     def drop_clients(self, w: Worker, why: str) -> None:
         """The connect process ended: read its last notices, then close our
         duplicates of its clients (a new one cannot resume them yet)."""
@@ -201,6 +208,10 @@ class Supervisor:
             self.advance(StopEvent.SECOND_REQUEST, now)
             return
         self.read_notices()
+        self.keeper.flush_resume()
+        lost = self.keeper.settle_resume(self.workers[Role.CONNECT].control)
+        if lost:
+            log.info("closed %d client(s) the new connect process did not take", lost)
         self.reloader.check(now, running=self.stop_phase is StopPhase.RUNNING)
         self.watch(now)
         for w in self.workers.values():
@@ -285,7 +296,8 @@ class Supervisor:
             code = w.proc.returncode
             w.proc = None
             if w.role is Role.CONNECT:
-                self.drop_clients(w, "it ended")
+                self.keeper.read(w.control)  # its last notices
+                self.close_control(w)
             if action.verdict in _VERDICT_REASON:
                 w.reason = _VERDICT_REASON[action.verdict]
                 timeout = self.cfg.hang_timeout if action.verdict is Verdict.HUNG else None
