@@ -63,6 +63,14 @@ def test_a_full_control_socket_queues_notices_instead_of_blocking() -> None:
     keeper.read(ours)
     assert list(keeper.held) == [7]
     keeper.close_all()
+    # a supervisor that reads nothing: at most MAX_WAITING_SOCKETS descriptors wait
+    before = open_fds()
+    for i in range(Notices.MAX_WAITING_SOCKETS + 500):
+        notices.opened(1000 + i, a)
+    assert open_fds() - before <= Notices.MAX_WAITING_SOCKETS
+    notices.control = None
+    notices.flush()  # nobody to tell: every waiting descriptor closed
+    assert open_fds() == before and notices.waiting_sockets == 0
     for s in (ours, theirs, a, b):
         s.close()
 
@@ -117,4 +125,23 @@ def test_a_reload_keeps_the_duplicates(start_server) -> None:  # type: ignore[no
         assert c.request(b"still") == b"still"
     clients[0].close()
     server.wait_for(lambda i: i["counters"]["descriptors_held"] == 1, what="1 held")
+    assert server.stop() == 0
+
+
+def test_a_stopped_supervisor_never_blocks_connect(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Notices are queued, not waited for: with the supervisor frozen, far
+    more clients than its socket buffer holds notices for are served."""
+    server = start_server("--max-conns", "2000")
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        clients = [EchoClient(server.port) for _ in range(600)]
+        for i, c in enumerate(clients):
+            assert c.request(b"%d" % i) == b"%d" % i
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 600, what="600 held")
+    for c in clients:
+        c.close()
+    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 0, what="none held")
     assert server.stop() == 0

@@ -59,14 +59,31 @@ def recv_fds(sock: socket.socket, size: int, most: int) -> tuple[bytes, list[int
     return message, list(fds)
 
 
+def send_fds(sock: socket.socket, message: bytes, fds: list[int]) -> None:
+    """Send one message with descriptors without waiting (BlockingIOError
+    if the socket is full); ``socket.send_fds`` ignores its flags too."""
+    sock.sendmsg(
+        [message],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+        socket.MSG_DONTWAIT,
+    )
+
+
 class Notices:
     """The connect process's side: OPEN and CLOSE, queued when need be."""
+
+    MAX_WAITING_SOCKETS = 1024  # OPENs queued (each holds a descriptor) at most
 
     def __init__(self, control: socket.socket | None) -> None:
         self.control = control
         self.queue: collections.deque[tuple[bytes, socket.socket | None]] = collections.deque()
+        self.waiting_sockets = 0
 
     def opened(self, conn: int, sock: socket.socket) -> None:
+        if self.waiting_sockets >= self.MAX_WAITING_SOCKETS:  # the supervisor reads nothing
+            log.warning("the supervisor takes no notices: connection %#x is not kept by it", conn)
+            return
+        self.waiting_sockets += 1
         self.queue.append((OPEN + conn.to_bytes(8, "little"), sock.dup()))
         self.flush()
 
@@ -87,7 +104,7 @@ class Notices:
                 if sock is None:
                     self.control.send(message, socket.MSG_DONTWAIT)
                 else:
-                    socket.send_fds(self.control, [message], [sock.fileno()], socket.MSG_DONTWAIT)
+                    send_fds(self.control, message, [sock.fileno()])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # the supervisor is gone
@@ -95,10 +112,12 @@ class Notices:
             queue.popleft()
             if sock is not None:
                 sock.close()
+                self.waiting_sockets -= 1
         while queue:  # nobody to tell
             _message, sock = queue.popleft()
             if sock is not None:
                 sock.close()
+                self.waiting_sockets -= 1
 
 
 class FdKeeper:
@@ -146,7 +165,7 @@ class FdKeeper:
                 if client is None:
                     sock.send(message)
                 else:
-                    socket.send_fds(sock, [message], [client.fileno()])
+                    send_fds(sock, message, [client.fileno()])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # the new process is gone: its death starts this again
