@@ -249,3 +249,32 @@ def test_a_changed_option_never_throws_pending_requests_away(start_server, key: 
     info = fresh.info()
     assert info["start_mode"] == "init" and info["queues"]["inbound"]["pending"] == 0
     assert f"--discard-pending: segment 0x{key:08x} was made with --queue-bytes" in fresh.log()
+
+
+def test_workers_whose_supervisor_died_stop_soon_and_the_next_run_recovers(start_server) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of the supervisor with requests queued: the orphaned logic
+    process stops, the connect process writes what it has and stops too,
+    without waiting --stop-timeout for codes nobody will take; the queued
+    requests wait in the segment for the next run."""
+    server: ServerProc = start_server("--app", "test_apps:SleepyEcho")  # 2 s per request
+    c = EchoClient(server.port)
+    for n in range(4):
+        c.send(b"%d" % n)
+        time.sleep(0.1)
+    server.wait_for(lambda i: i["queues"]["inbound"]["pending"] >= 2, what="pending requests")
+    workers = [server.pid(r) for r in ("connect", "logic")]
+    assert server.proc is not None
+    kill(server.proc.pid)
+    started = time.monotonic()
+    for pid in workers:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() - started < 15:
+            time.sleep(0.05)
+    gone = time.monotonic() - started
+    assert gone < 10, f"the orphans took {gone:.1f} s to stop"
+    again = ServerProc(server.key, server.log_path, "--app", "test_apps:SleepyEcho").start()
+    try:
+        log = again.log()
+        assert "stopping without the supervisor" in log
+        assert "start mode RECOVER" in log
+    finally:
+        again.kill_all()

@@ -82,6 +82,15 @@ def stop_leftover(timeout: float, inbound: int, outbound: int, unwritten: int) -
     )
 
 
+def orphan_leftover(inbound: int, unqueued: int) -> str:
+    """What a connect process that outlived its supervisor leaves behind."""
+    lost = f"; {unqueued} request code(s) read but not queued are lost" if unqueued else ""
+    return (
+        f"stopping without the supervisor: every reply is written; {inbound} code(s) stay in "
+        f"the inbound queue for the next start{lost}"
+    )
+
+
 def describe_exit(returncode: int, signal_name: str = "") -> str:
     """``Popen.returncode`` in words: ``exited with status 3``, ``killed by
     SIGKILL`` (``signal_name`` comes from the caller, which may know the

@@ -35,7 +35,7 @@ from ..core.clients import Client, ClientTable
 from ..core.config import ServerConfig
 from ..core.status import Role
 from ..core.streams import INBOUND, OUTBOUND
-from ..core.supervision import Stall, stop_leftover
+from ..core.supervision import Stall, orphan_leftover, stop_leftover
 from ..ipc.codequeue import GRACE
 from ..ipc.segment import ServerSegment
 from .common import TICK, Heartbeat, Parent, enable_stack_dumps
@@ -74,7 +74,7 @@ class ConnectProcess(ClientSockets):
         listener.setblocking(False)
         self.listening = False
         self.sel = selectors.DefaultSelector()
-        self.stopping = self.handing_over = False
+        self.stopping = self.handing_over = self.orphaned = False
         self.control = control
         self.notices = Notices(control)  # OPEN and CLOSE for the supervisor (its duplicates)
         self.handover: socket.socket | None = None  # given by the supervisor on SIGHUP
@@ -115,6 +115,9 @@ class ConnectProcess(ClientSockets):
                 queues_empty = self.inbound.empty() and self.outbound.empty()
                 if table.stop_done(queues_empty):
                     break
+                if self.orphaned and self.outbound.empty() and not table.unwritten():
+                    log.warning(orphan_leftover(len(self.inbound), len(table.backlog)))
+                    break  # nobody will answer what is queued: it waits in the segment
                 moved = (self.inbound.ring.head, self.outbound.ring.tail, self.written)
                 if stall.expired((*moved, self.status.requests(Role.LOGIC)), self.now):
                     left = (len(self.inbound), len(self.outbound), table.unwritten())
@@ -143,7 +146,7 @@ class ConnectProcess(ClientSockets):
                 table.tick(self.now, send_queue)
                 if parent.gone():
                     log.warning("the supervisor is gone; stopping")
-                    self.stopping = True
+                    self.stopping = self.orphaned = True
         if self.handing_over:
             hand_over(self, self.handover)  # type: ignore[arg-type]
         else:
