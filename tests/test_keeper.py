@@ -87,7 +87,8 @@ def test_the_supervisor_holds_every_client_and_hands_them_to_the_next_connect(st
     clients = [EchoClient(server.port) for _ in range(4)]
     for c in clients:
         assert c.request(b"hi") == b"hi"
-    server.wait_for(lambda i: i["counters"]["descriptors_held"] == 4, what="4 held")
+    info = server.wait_for(lambda i: i["counters"]["descriptors_held"] == 4, what="4 held")
+    assert sorted(info["streams"].values(), key=str) == [{"bytes_in": 6, "bytes_out": 6}] * 4
     clients.pop().close()
     server.wait_for(lambda i: i["counters"]["descriptors_held"] == 3, what="3 held")
     halfway = clients.pop()

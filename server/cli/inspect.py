@@ -71,6 +71,11 @@ def describe(shm: SharedMemory, *, set_aside: bool = False) -> dict[str, Any]:
             proc["in_flight"] = {"conn": conn, "age_ms": max(0, now_ms - busy_since)}
     if "inbound" in info["queues"]:
         info["codes_processed"] = info["queues"]["inbound"]["popped"]
+    open_conns = set(info.pop("open_conns", []))
+    if "streams" in info:  # the ledger keeps a closed slot's last connection: leave it out
+        info["streams"] = {
+            f"{conn:#x}": counts for conn, counts in info["streams"].items() if conn in open_conns
+        }
     return info
 
 
@@ -99,6 +104,9 @@ def format_set_aside(entries: list[dict[str, Any]]) -> str:
         )
         lines.append(f"    {e['payload_text'][:200]!r}")
     return "\n".join(lines)
+
+
+STREAMS_SHOWN = 20
 
 
 def format_status(info: dict[str, Any]) -> str:
@@ -149,6 +157,13 @@ def format_status(info: dict[str, Any]) -> str:
     if "counters" in info:  # connections_open is in the line above
         counters = {k: v for k, v in info["counters"].items() if k != "connections_open"}
         lines.append("  ".join(f"{k} {v}" for k, v in counters.items()))
+    streams = info.get("streams", {})
+    if streams:
+        lines += ["", f"{'connection':<14} {'bytes in':>12} {'bytes out':>12}"]
+        for conn, counts in list(streams.items())[:STREAMS_SHOWN]:
+            lines.append(f"{conn:<14} {counts['bytes_in']:>12} {counts['bytes_out']:>12}")
+        if len(streams) > STREAMS_SHOWN:
+            lines.append(f"... and {len(streams) - STREAMS_SHOWN} more (--json shows all)")
     lines += ["", f"{'object':<11} {'kind':<12} {'offset':>8} {'size':>9}"]
     for o in info["objects"]:
         unfinished = "" if o.get("initialised", True) else "  (INIT never finished)"

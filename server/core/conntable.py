@@ -46,7 +46,7 @@ class ConnTable(InSegment):
         return cls(region, param, init=init)
 
     def report(self, name: str) -> dict[str, Any]:
-        return {"connections": self.count_open()}
+        return {"connections": self.count_open(), "open_conns": self.open_ids()}
 
     def __init__(self, region: memoryview, max_conns: int, *, init: bool) -> None:
         if max_conns < 1 or len(region) != region_size(max_conns):

@@ -216,7 +216,18 @@ class StreamLedger(InSegment):
         self._w.release()
 
     def report(self, name: str) -> dict[str, Any]:
-        return {}
+        """Per connection id: the bytes it sent that were queued, and the
+        reply bytes taken for it (the latest counts, as an observer sees)."""
+        w = self._w
+        streams = {}
+        for slot in range(self.max_conns):
+            base = slot * WORDS
+            if w[base + _CONN]:
+                streams[int(w[base + _CONN])] = {
+                    "bytes_in": int(w[base + _IN + 2]),
+                    "bytes_out": int(w[base + _OUT + 2]),
+                }
+        return {"streams": streams}
 
     # -- writes (the connect process) ---------------------------------------------------
     def opened(self, slot: int, conn: int, born_at: int) -> None:
