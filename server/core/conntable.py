@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import CorruptSegment
 from .codes import conn_id, generation_of, slot_of
-from .placed import InSegment
+from .placed import InSegment, slot_words
 
 KIND = "ConnTable"
 MAX_GENERATION = (1 << 31) - 1
@@ -49,16 +49,9 @@ class ConnTable(InSegment):
         return {"connections": self.count_open(), "open_conns": self.open_ids()}
 
     def __init__(self, region: memoryview, max_conns: int, *, init: bool) -> None:
-        if max_conns < 1 or len(region) != region_size(max_conns):
-            raise ValueError(
-                f"a table of {max_conns} connections takes {region_size(max_conns)} bytes, "
-                f"got {len(region)}"
-            )
         self.max_conns = max_conns
-        self._w = region.cast("Q")
+        self._w = slot_words(region, max_conns, 1, "a connection table", init=init)
         if init:
-            for i in range(max_conns):
-                self._w[i] = 0
             return
         for slot in range(max_conns):
             if self._w[slot] >> 1 > MAX_GENERATION:

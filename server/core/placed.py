@@ -79,6 +79,17 @@ class InSegment:
         raise NotImplementedError
 
 
+def slot_words(region: memoryview, slots: int, words: int, what: str, *, init: bool) -> memoryview:
+    """``region`` as u64 words, ``words`` for each of ``slots`` slots (a
+    per-connection table), zeroed in INIT; ValueError if the sizes differ."""
+    size = 8 * words * slots
+    if slots < 1 or len(region) != size:
+        raise ValueError(f"{what} of {slots} slots takes {size} bytes, got {len(region)}")
+    if init:
+        region[:] = bytes(size)
+    return region.cast("Q")
+
+
 def merge_report(into: dict[str, Any], report: dict[str, Any]) -> None:
     """Merge one object's ``report`` into the status dict, one level deep
     (two queues both report under ``queues``)."""

@@ -74,7 +74,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .placed import InSegment
+from .placed import InSegment, slot_words
 
 KIND = "StreamLedger"
 WORDS = 8
@@ -186,16 +186,8 @@ class StreamLedger(InSegment):
     KIND = KIND
 
     def __init__(self, region: memoryview, max_conns: int, *, init: bool) -> None:
-        if max_conns < 1 or len(region) != region_size(max_conns):
-            raise ValueError(
-                f"a ledger of {max_conns} slots takes {region_size(max_conns)} bytes, "
-                f"got {len(region)}"
-            )
         self.max_conns = max_conns
-        self._w = region.cast("Q")
-        if init:
-            for i in range(len(self._w)):
-                self._w[i] = 0
+        self._w = slot_words(region, max_conns, WORDS, "a stream ledger", init=init)
 
     # -- a placed kind (server.core.placed) ------------------------------------------
     @classmethod
