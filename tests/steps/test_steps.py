@@ -54,6 +54,7 @@ INTERRUPT_AFTER = {
     "step07_recovery_modes": "[worker #1] stuck",
     "step08_heartbeat": "working on a request of 2 s",
     "step09_chat_room": "Three users join",
+    "step12_keep_connections": "answered 'line 1'",
 }
 
 
