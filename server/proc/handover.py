@@ -35,11 +35,6 @@ log = logging.getLogger("server.connect")
 _MESSAGE_ROOM = CHUNK + 4096  # the largest message, with room for its JSON header
 
 
-def control_pair() -> tuple[socket.socket, socket.socket]:
-    """(the supervisor's end, the connect process's end)."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-
-
 def handover_socket(control: socket.socket) -> socket.socket | None:
     """The control socket is readable: the socket to hand over on (HAND),
     None for anything else.  Raises EOFError when the supervisor is gone."""

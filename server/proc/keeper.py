@@ -45,6 +45,12 @@ OPEN, CLOSE, HAND, TOOK = b"O", b"X", b"H", b"T"
 log = logging.getLogger("server.supervisor")
 
 
+def control_pair() -> tuple[socket.socket, socket.socket]:
+    """A Unix SOCK_SEQPACKET pair (message boundaries kept): a connect
+    process's control socket, or a socket a handover goes over."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
 def recv_fds(sock: socket.socket, size: int, most: int) -> tuple[bytes, list[int]]:
     """One message and its descriptors, without waiting (BlockingIOError if
     none is there).  ``socket.recv_fds`` ignores its ``flags`` before
@@ -149,7 +155,7 @@ class FdKeeper:
             states.append(ClientState(conn, slot_of(conn), peer, last_input=time.monotonic()))
             socks.append(sock)
             self.owner[conn] = marker
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = control_pair()
         ours.setblocking(False)
         self._resume_sock = ours
         self._resume.extend(

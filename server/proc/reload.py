@@ -30,8 +30,7 @@ import socket
 from typing import Any
 
 from ..core.status import Reason, Role, WorkerState
-from .handover import control_pair
-from .keeper import HAND
+from .keeper import HAND, control_pair
 from .workers import Worker, exit_reason
 
 log = logging.getLogger("server.supervisor")

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..ipc.doorbell import RUN_DIR_ENV
 from ..ipc.shm import SHMFactory
 from .common import PARENT_ENV, STACK_SIGNAL, exit_text
-from .handover import control_pair
+from .keeper import control_pair
 
 log = logging.getLogger("server.supervisor")
 
