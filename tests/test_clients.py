@@ -302,3 +302,20 @@ def test_a_client_whose_kernel_queue_never_drains_is_closed() -> None:
     assert [conn for conn, _ in tb.closed] == [stuck.conn]
     assert "took no reply bytes for 6 s (150 waiting)" in tb.closed[0][1]
     assert tb.t.is_open(reader)
+
+
+def test_tick_asks_for_the_send_queue_only_of_clients_that_may_have_one() -> None:
+    tb = Table(send_timeout=5.0)
+    idle, busy = tb.t.open("idle", 0.0), tb.t.open("busy", 0.0)
+    assert idle is not None and busy is not None
+    asked: list[int] = []
+
+    def queued(c: Client) -> int:
+        asked.append(c.conn)
+        return 0
+
+    tb.t.deliver([encode(Kind.SEND, busy.conn, b"r" * 10)])
+    tb.t.wrote(busy, 10, 0.5)
+    tb.t.tick(1.0, queued)
+    tb.t.tick(2.0, queued)  # nothing written since, the queue was empty: not asked
+    assert asked == [busy.conn]

@@ -341,7 +341,8 @@ class ClientTable:
         idle = self.cfg.idle_timeout
         stalled = self.cfg.send_timeout
         for c in list(self.clients.values()):
-            q = queued(c)
+            # an empty send queue with nothing written since stays empty: no call
+            q = queued(c) if c.queued or c.sent != c.sent_seen else 0
             if c.queued + (c.sent - c.sent_seen) > q:  # the peer acknowledged some
                 c.last_output = now
             c.queued, c.sent_seen = q, c.sent
