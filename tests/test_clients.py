@@ -46,7 +46,7 @@ class Table:
 
     def codes(self) -> list[tuple[Kind, int, bytes]]:
         """Take this turn's inbound codes, decoded."""
-        out = [tuple(decode(code)) for code in self.t.inq]
+        out = [tuple(decode(code)) for code, _client, _end in self.t.inq]
         self.t.inq = []
         return out  # type: ignore[return-value]
 
@@ -232,7 +232,7 @@ def test_a_restart_tells_the_app_that_old_connections_are_lost() -> None:
     assert a is not None
     successor = ClientTable(tb.cfg, ConnTable(memoryview(tb.region), 3, init=False), tb.counters)
     assert successor.restart() == 1
-    assert [decode(code)[:2] for code in successor.backlog] == [(Kind.CLOSED, a.conn)]
+    assert [decode(code)[:2] for code, _c, _e in successor.backlog] == [(Kind.CLOSED, a.conn)]
     assert tb.counters["connections_lost"] == 1 and tb.conns.count_open() == 0
 
 

@@ -115,8 +115,11 @@ def test_the_table_exports_and_adopts_a_client_mid_frame() -> None:
     old.codes()
     old.t.received(a, frames(b"whole") + frames(b"half-way")[:6], 2.0)  # a frame and a half
     old.t.deliver([b"\x05" + a.conn.to_bytes(8, "little") + frames(b"reply")])  # not yet written
-    states, codes = old.t.export()
+    states, codes = old.t.export()  # every byte is still in a's socket: the successor reads it
     assert [s.conn for s in states] == [a.conn, b.conn]
+    assert states[0].partial == b"" and codes == []
+    a.consumed = a.received  # as if taken out of the socket (a frame too large to leave there)
+    states, codes = old.t.export()
     assert states[0].partial == frames(b"half-way")[:6] and states[0].frame_started == 2.0
     assert len(codes) == 1  # the whole frame's MESSAGE, not yet pushed
     reader = read(run(states, codes), Limits(3, 104, 1 << 20, 4096))
@@ -127,7 +130,7 @@ def test_the_table_exports_and_adopts_a_client_mid_frame() -> None:
     adopted = new.t.adopt([s for s, _ in reader.clients], reader.codes)
     assert new.t.restart() == 0  # nothing lost: both were handed over
     assert [c.conn for c in adopted] == [a.conn, b.conn]
-    assert list(new.t.backlog) == codes
+    assert [code for code, _c, _e in new.t.backlog] == codes
     new_a = adopted[0]
     assert bytes(new_a.out) == bytes(a.out)
     new.t.received(new_a, frames(b"half-way")[6:], 3.0)  # the rest of the frame
@@ -154,6 +157,6 @@ def test_restart_closes_only_what_was_not_handed_over() -> None:
     new.conns = new.t.conns = old.conns
     new.t.adopt(states[:1], [])
     assert new.t.restart() == 1
-    (closed,) = list(new.t.backlog)
+    (closed,) = [code for code, _c, _e in new.t.backlog]
     assert closed[0] == Kind.CLOSED.value and int.from_bytes(closed[1:9], "little") == b.conn
     assert not old.conns.is_open(b.conn) and old.conns.is_open(a.conn)

@@ -39,7 +39,12 @@ class Client:
         "sent",
         "sent_seen",
         "received",
+        "consumed",
         "delivered",
+        "anchor",
+        "unkept",
+        "skip_out",
+        "lowat",
         "queued",
         "closing",
         "frame_started",
@@ -59,8 +64,13 @@ class Client:
         self.sent = 0  # reply bytes its socket took, in all
         self.sent_seen = 0  # ``sent`` at the last tick
         self.queued = 0  # bytes in its socket's send queue (not yet acknowledged) then
-        self.received = 0  # bytes read from its socket, in all (the stream ledger's count)
-        self.delivered = 0  # reply bytes appended to ``out``, in all (the same)
+        self.received = 0  # bytes seen in its socket (read with MSG_PEEK), in all
+        self.consumed = 0  # of those, bytes taken out of the socket (queued whole frames)
+        self.delivered = 0  # reply bytes appended to ``out``, in all (the stream ledger's)
+        self.anchor = 0  # the outbound position of its ledger anchor (server.core.outflow)
+        self.unkept = False  # its output waits in memory only (a slow reader: not anchored)
+        self.skip_out = 0  # re-delivered reply bytes its kernel took already (after a crash)
+        self.lowat = 1  # its socket's SO_RCVLOWAT (bytes unread before it is readable)
         self.closing = ""  # the app asked to close: the reason, once the output is out
         self.frame_started = 0.0  # when the incomplete frame in its framer began
         self.prefix = encode(Kind.MESSAGE, conn)  # + frame records = its inbound code

@@ -53,13 +53,15 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable
 
-from ..errors import FrameTooLarge, HandoverError
+from ..errors import FrameTooLarge
 from .client import Client, Counters
 from .codes import HEADER_SIZE, Kind, encode, head_of
 from .config import ServerConfig
 from .conntable import ConnTable
 from .framing import make_framing
-from .handover import ClientState
+from .inflow import Item, fitting, read_items
+from .streams import INBOUND, StreamLedger
+from .succession import Succession
 
 log = logging.getLogger("server.connect")
 
@@ -75,23 +77,25 @@ def _ignore(client: Client, reason: str) -> None:
     pass
 
 
-class ClientTable:
+class ClientTable(Succession):
     def __init__(
         self,
         cfg: ServerConfig,
         conns: ConnTable,
         counters: Counters,
         on_closed: Callable[[Client, str], None] = _ignore,
+        streams: StreamLedger | None = None,
     ) -> None:
         self.cfg = cfg
+        self.streams = streams  # the inbound counts are committed here before each push
         self.conns = conns
         self.counters = counters
         self.on_closed = on_closed
         self.clients: dict[int, Client] = {}  # by connection id
         self.free_slots = list(range(cfg.max_conns - 1, -1, -1))  # pop() gives slot 0 first
-        self.inq: list[bytes] = []  # inbound codes of this turn
-        self.fed: dict[int, Client] = {}  # clients read from since the queue took all
-        self.backlog: collections.deque[bytes] = collections.deque()  # did not fit
+        self.inq: list[Item] = []  # inbound codes of this turn (server.core.inflow)
+        self.backlog: collections.deque[Item] = collections.deque()  # did not fit
+        self.pushed: dict[Client, int] = {}  # stream offsets queued: take them out of the socket
         self.reading = True  # False while the inbound queue is full
         self.stopping = False
         # A MESSAGE code carries at most this many wire bytes (at least one
@@ -100,64 +104,6 @@ class ClientTable:
         self.full_reply = make_framing(cfg.framing, cfg.max_frame).encode(cfg.full_message.encode())
 
     # -- connections ----------------------------------------------------------------
-    def restart(self) -> int:
-        """A new connect process starts: the connections its predecessor
-        left open in the connection table, and did not hand over, are lost;
-        tell the app (CLOSED codes).  Returns how many there were."""
-        lost = [conn for conn in self.conns.open_ids() if conn not in self.clients]
-        for conn in lost:
-            self.conns.close(conn)
-            self.backlog.append(
-                encode(Kind.CLOSED, conn, b"connection lost: connect process restarted")
-            )
-        self.counters.set("connections_open", len(self.clients))
-        if lost:
-            self.counters.add("connections_lost", len(lost))
-            log.warning(
-                "%d client connection(s) of the previous connect process were lost; "
-                "telling the logic process they closed",
-                len(lost),
-            )
-        return len(lost)
-
-    def adopt(self, states: list[ClientState], codes: list[bytes]) -> list[Client]:
-        """Before ``restart``: take over the clients and the inbound codes a
-        predecessor handed over (``server.core.handover``).  The codes go
-        first into the backlog; each client keeps its id and slot, its
-        incomplete frame and its unwritten replies."""
-        taken = set()
-        adopted = []  # nothing changes until every client was checked
-        for s in states:
-            if not self.conns.is_open(s.conn) or s.slot in taken:
-                raise HandoverError(
-                    f"connection {s.conn:#x} (slot {s.slot}) is not open in the connection "
-                    f"table, or handed over twice",
-                    found=s.conn,
-                )
-            framing = make_framing(self.cfg.framing, self.cfg.max_frame)
-            try:
-                complete = framing.take(s.partial)
-            except FrameTooLarge as err:
-                raise HandoverError(f"connection {s.conn:#x}: {err}", found=s.conn) from None
-            if complete:
-                raise HandoverError(
-                    f"connection {s.conn:#x}: its incomplete frame is a complete one", found=s.conn
-                )
-            c = Client(s.conn, s.slot, s.peer, framing, s.last_input)
-            c.last_output, c.frame_started, c.closing = s.last_output, s.frame_started, s.closing
-            c.out += s.out
-            taken.add(s.slot)
-            adopted.append(c)
-        self.clients.update((c.conn, c) for c in adopted)
-        self.free_slots = [slot for slot in self.free_slots if slot not in taken]
-        self.backlog.extend(codes)
-        self.counters.set("connections_open", len(self.clients))
-        return adopted
-
-    def export(self) -> tuple[list[ClientState], list[bytes]]:
-        """Every client and every inbound code not yet queued, for a successor."""
-        return [c.state() for c in self.clients.values()], [*self.backlog, *self.inq]
-
     def open(self, peer: str, now: float) -> Client | None:
         """A client connected; None when the server is full (refused and
         counted: the shell sends it ``full_reply`` and closes it)."""
@@ -174,7 +120,7 @@ class ClientTable:
         self.counters.add("connections_accepted")
         self.counters.set("connections_open", len(self.clients))
         log.info("connection %#x from %s", conn, peer)
-        self.inq.append(encode(Kind.OPENED, conn, peer.encode()))
+        self.inq.append((encode(Kind.OPENED, conn, peer.encode()), None, 0))
         return c
 
     def close(self, c: Client, reason: str, *, abuse: bool = False) -> None:
@@ -188,7 +134,7 @@ class ClientTable:
             log.warning("closed connection %#x from %s: %s", c.conn, c.peer, reason)
         else:
             log.info("closed connection %#x from %s: %s", c.conn, c.peer, reason)
-        self.inq.append(encode(Kind.CLOSED, c.conn, reason.encode()))
+        self.inq.append((encode(Kind.CLOSED, c.conn, reason.encode()), None, 0))
         self.on_closed(c, reason)
 
     def is_open(self, c: Client) -> bool:
@@ -196,7 +142,9 @@ class ClientTable:
 
     # -- inbound: bytes -> codes ------------------------------------------------------------
     def received(self, c: Client, data: bytes, now: float) -> None:
-        """What one read returned (``b""``: the client closed its side)."""
+        """What one read returned (``b""``: the client closed its side).
+        The bytes stay in the socket until their codes are queued (see
+        ``push``): ``c.received`` counts what was seen."""
         if not data:
             if c.framing.buffered:
                 self.close(
@@ -207,7 +155,6 @@ class ClientTable:
             return
         c.last_input = now
         c.received += len(data)
-        self.fed[c.conn] = c
         framing = c.framing
         partial = framing.buffered
         try:
@@ -217,33 +164,65 @@ class ClientTable:
             return
         if framing.buffered and (bodies or not partial):
             c.frame_started = now  # a new frame began
+        end = c.received - framing.buffered
         if len(bodies) == 1:
-            self.inq.append(c.prefix + bodies[0])
+            self.inq.append((c.prefix + bodies[0], c, end))
         elif bodies:
-            prefix = c.prefix
-            self.inq += [prefix + body for body in bodies]
+            self.inq += read_items(c, bodies, end, exact=framing.name == "length")
 
-    def push(self, push_many: Callable[[Iterable[bytes]], int]) -> bool:
+    def push(
+        self,
+        push_many: Callable[[Iterable[bytes]], int],
+        room: int | None = None,
+        tail: int = 0,
+        capacity: int = 0,
+    ) -> bool:
         """Offer the backlog, then this turn's codes, to the inbound queue
-        (``push_many`` returns how many it took, in order).  What does not
-        fit waits in the backlog and reading pauses until it is gone.
-        Returns True when reading paused or resumed: the shell then asks
-        ``interest`` again for every client, and for the listener."""
+        (``push_many`` returns how many it took, in order; ``room``: its
+        free bytes, ``tail``: its tail, when the stream ledger is kept).
+        What does not fit waits in the backlog and reading pauses until it
+        is gone.  Each client's count in the ledger is committed first, for
+        the tail the push will publish; ``pushed`` collects the offsets the
+        shell may now take out of the sockets.  (A read whose codes cannot
+        be cut and do not fit even in the empty queue, ``capacity`` bytes,
+        is pushed in parts: its client's offset goes to ``pushed`` as -1,
+        take everything seen out of the socket; its stream is not exact
+        across a crash until its frames are all queued.)  Returns True when reading
+        paused or resumed: the shell then asks ``interest`` again for every
+        client, and for the listener."""
         backlog = self.backlog
+        if self.inq:
+            backlog.extend(self.inq)
+            self.inq = []
+        streams = self.streams if room is not None else None
         while backlog:
-            n = push_many(itertools.islice(backlog, PUSH_CHUNK))
-            if not n:
+            items = list(itertools.islice(backlog, PUSH_CHUNK))
+            ends: dict[Client, int] = {}
+            if room is None:
+                take, size = len(items), 0
+            else:
+                take, size, ends = fitting(items, room)
+                if not take and room >= capacity > 0:  # it never will: push it in parts
+                    take, size, _ = fitting([(code, None, 0) for code, _c, _e in items], room)
+                    ends = {c: -1 for _code, c, _end in items[:take] if c is not None}
+            if not take:
                 break
+            if streams is not None:
+                for c, end in ends.items():
+                    if end >= 0 and self.is_open(c):
+                        streams.commit(c.slot, INBOUND, end, tail + size, tail)
+            n = push_many([code for code, _c, _end in items[:take]])
+            if n < take and room is not None:
+                raise RuntimeError(f"the queue took {n} of {take} codes that fit in {room} bytes")
             for _ in range(n):
                 backlog.popleft()
-        if self.inq:
-            codes, self.inq = self.inq, []
-            if backlog:
-                backlog.extend(codes)
+            if room is None:
+                ends = {c: end for _code, c, end in items[:n] if c is not None and end >= 0}
             else:
-                n = push_many(codes)
-                if n < len(codes):
-                    backlog.extend(codes[n:])
+                room, tail = room - size, tail + size
+            self.pushed.update(ends)
+            if n < len(items):
+                break
         reading = not backlog
         if reading == self.reading:
             return False
@@ -256,11 +235,18 @@ class ClientTable:
         return True
 
     # -- outbound: codes -> bytes -------------------------------------------------------------
-    def deliver(self, codes: list[bytes]) -> list[Client]:
+    def deliver(self, codes: list[bytes], unborn: frozenset[int] = frozenset()) -> list[Client]:
         """Append the replies of outbound ``codes`` to their clients' output;
         returns the clients that have something new to write (or to close).
-        A code for a connection that is gone is dropped and counted."""
+        A code for a connection that is gone is dropped and counted.
+
+        After a crash codes are delivered again (``server.core.streams``):
+        the connections in ``unborn`` are not to get these codes (they had
+        them), and a client's ``skip_out`` bytes are dropped (its kernel
+        took them)."""
         clients = self.clients
+        if unborn:
+            clients = {conn: c for conn, c in clients.items() if conn not in unborn}
         dirty: dict[int, Client] = {}
         dropped = 0
         for code in codes:  # bodies are wire bytes already (see server.core.codes)
@@ -268,7 +254,7 @@ class ClientTable:
             if kind == _SEND:
                 c = clients.get(conn)
                 if c is None:
-                    dropped += 1
+                    dropped += conn not in unborn
                     continue
                 c.out += code[HEADER_SIZE:]
                 c.delivered += len(code) - HEADER_SIZE
@@ -283,7 +269,7 @@ class ClientTable:
             elif kind == _CLOSE:
                 c = clients.get(conn)
                 if c is None:
-                    dropped += 1
+                    dropped += conn not in unborn
                     continue
                 c.closing = code[HEADER_SIZE:].decode(errors="replace") or "closed by the app"
                 dirty[conn] = c
@@ -291,6 +277,11 @@ class ClientTable:
                 log.error("skipping an outbound code of unknown kind %d (corrupt queue?)", kind)
         if dropped:
             self.counters.add("replies_dropped", dropped)
+        for c in dirty.values():
+            if c.skip_out:
+                n = min(c.skip_out, len(c.out))
+                del c.out[:n]
+                c.skip_out -= n
         return list(dirty.values())
 
     def wrote(self, c: Client, n: int, now: float) -> bool:

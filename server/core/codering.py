@@ -203,12 +203,19 @@ class CodeRing(RingRegion):
         return out
 
     def peek_many(
-        self, max_codes: int = 1 << 30, max_bytes: int = 1 << 20
+        self, max_codes: int = 1 << 30, max_bytes: int = 1 << 20, start: int | None = None
     ) -> tuple[list[bytes], int]:
         """Like ``pop_many`` but consumes nothing: returns the codes and the
-        head position after them, for a later ``commit_head``.  (A consumer
-        that must finish its work before the codes count as consumed.)"""
+        position after them, for a later ``commit_head``.  (A consumer
+        that must finish its work before the codes count as consumed.)
+        ``start``: read from this position (a code boundary between the
+        head and the tail, the end of an earlier peek) instead of the head."""
         head, tail, used = self._used()
+        if start is not None:
+            if not head <= start <= tail:
+                raise self._corrupt("peek position", start, f"{head}..{tail}")
+            used -= start - head
+            head = start
         if not used or max_codes <= 0:
             return [], head
         first = self._read_len(head, used)

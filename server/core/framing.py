@@ -63,6 +63,11 @@ class _Framer:
         """Bytes of an incomplete frame waiting for more input."""
         return len(self._buf)
 
+    def missing(self) -> int:
+        """Bytes the incomplete frame still needs, when known (else 1: at
+        least one more)."""
+        return 1
+
     def pending(self) -> bytes:
         """The incomplete frame's bytes: ``take`` them in a new framer of the
         same kind and it is in this one's state (a connect handover)."""
@@ -110,6 +115,13 @@ class LengthFraming(_Framer):
         if i > start:
             bodies.append(buf[start:i])
         return bodies
+
+    def missing(self) -> int:
+        if self._need:
+            return self._need - len(self._buf)
+        if self._buf:
+            return FRAME_HEADER - len(self._buf)  # the rest of the header at least
+        return 1  # any byte begins a frame (and starts its --frame-timeout)
 
     def encode(self, payload: bytes) -> bytes:
         return pack_frame_header(len(payload)) + payload

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from ..errors import CorruptSegment, LayoutMismatch, SegmentFull
 
 MAGIC = int.from_bytes(b"STCPSHM\0", "little")
-LAYOUT_VERSION = 2  # 2: per-object DONE state in the directory (1 had one ready flag)
+LAYOUT_VERSION = 3  # 3: 128-byte stream ledger entries; 2: per-object DONE state in the directory
 READY = int.from_bytes(b"READY\0\0\0", "little")
 DONE = int.from_bytes(b"INITDONE", "little")
 HEADER_SIZE = 4096

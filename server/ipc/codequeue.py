@@ -137,16 +137,18 @@ class CodeQueue(InSegment):
         selecting on it call ``prepare_wait()``; after, ``finish_wait()``."""
         return self.doorbell.fileno()
 
-    def prepare_wait(self) -> bool:
+    def prepare_wait(self, read: int | None = None) -> bool:
         """Announce that the consumer is about to sleep.  False means codes
         arrived meanwhile: do not sleep, pop them.  True: wait on
         ``fileno()``, at most GRACE seconds the first time (see above), then
-        call ``finish_wait()``."""
+        call ``finish_wait()``.  ``read``: the consumer peeks ahead of the
+        head (``peek_many(start=...)``) and has seen every code before this
+        position; it waits for codes past it."""
         ring = self._ring
         self.doorbell.listen()
         ring.set_sleeping(True)
         full_fence()
-        if not ring.empty():
+        if ring.tail != (ring.head if read is None else read):
             ring.set_sleeping(False)
             return False
         return True

@@ -11,7 +11,7 @@ header records it, and RECOVER checks it)::
     status    StatusBoard  1024                       supervisor, workers
     conns     ConnTable    8 * max_conns              connect
     setaside  SetAsideLog  256 + 64 KiB               logic (poison requests kept)
-    streams   StreamLedger 64 * max_conns             connect (where each stream stands)
+    streams   StreamLedger 128 * max_conns            connect (where each stream stands)
 
 Every kind is placed the same way (``server.core.placed``): ``objects(cfg)``
 lists (name, kind, parameter), and both the layout that ``create_product``

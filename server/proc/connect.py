@@ -33,19 +33,19 @@ import time
 
 from ..core.clients import Client, ClientTable
 from ..core.config import ServerConfig
+from ..core.outflow import ReplyAnchors
 from ..core.status import Role
-from ..core.streams import INBOUND, OUTBOUND
 from ..core.supervision import Stall, orphan_leftover, stop_leftover
 from ..ipc.codequeue import GRACE
 from ..ipc.segment import ServerSegment
 from .common import TICK, Heartbeat, Parent, enable_stack_dumps
 from .handover import hand_over, on_control, take_over
 from .keeper import Notices
-from .sockets import ClientSockets, send_queue
+from .replies import ReplyFlow
+from .sockets import RECV_SIZE, ClientSockets, send_queue
 
 log = logging.getLogger("server.connect")
 
-OUT_CODES_PER_TURN = 4096
 ROOM_POLL = 2e-3  # while the inbound queue is full
 
 _DOORBELL, _LISTENER, _CONTROL, _HANDOVER = "doorbell", "listener", "control", "handover"
@@ -53,7 +53,7 @@ _DOORBELL, _LISTENER, _CONTROL, _HANDOVER = "doorbell", "listener", "control", "
 # (tests/test_clients.py checks that they are the same bits).
 
 
-class ConnectProcess(ClientSockets):
+class ConnectProcess(ReplyFlow, ClientSockets):
     def __init__(
         self,
         cfg: ServerConfig,
@@ -69,7 +69,12 @@ class ConnectProcess(ClientSockets):
         self.written = 0  # reply bytes the sockets took
         self.heartbeat = Heartbeat(seg.status.meter(Role.CONNECT))
         self.progress = self.heartbeat.meter.progress  # codes delivered, for the watchdog
-        self.table = ClientTable(cfg, seg.conns, seg.status, self._release)
+        self.table = ClientTable(cfg, seg.conns, seg.status, self._release, self.streams)
+        self.anchors = ReplyAnchors(self.outbound.ring.head, cfg.queue_bytes // 2)  # see run
+        self.unborn: dict[int, int] = {}  # after a crash: conn -> the first code it gets again
+        self.peek_off = True  # until a socket says SO_PEEK_OFF does not work
+        self.read_now: list[Client] = []
+        self.recv_size = RECV_SIZE if cfg.framing == "length" else self._line_recv_size()
         self.listener = listener
         listener.setblocking(False)
         self.listening = False
@@ -84,10 +89,17 @@ class ConnectProcess(ClientSockets):
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
 
+    def _line_recv_size(self) -> int:
+        """One read's line-framed codes cannot be cut (``server.core.inflow``):
+        read so little that they fit in the queue (a record is at most four
+        times its line, an empty one)."""
+        return max(1, min(RECV_SIZE, self.table.max_wire // 8))
+
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> None:
         self.inbound.recover_producer()
         self.outbound.recover_consumer()
+        self.anchors = ReplyAnchors(self.outbound.ring.head, self.cfg.queue_bytes // 2)
         self.table.restart()
         for c in list(self.table.clients.values()):  # handed over by a predecessor
             self.update_interest(c)
@@ -141,6 +153,8 @@ class ConnectProcess(ClientSockets):
                         self.read(c)
             if table.inq:
                 self.push()
+            if self.read_now:
+                self.consume()
             if self.now >= next_timers:
                 next_timers = self.now + 1.0
                 table.tick(self.now, send_queue)
@@ -153,7 +167,7 @@ class ConnectProcess(ClientSockets):
             self.finish_stop()
 
     def choose_timeout(self) -> float:
-        if not self.outbound.empty():
+        if self.outbound.ring.tail != self.anchors.read:
             return 0.0
         if self.table.backlog:
             return ROOM_POLL
@@ -161,37 +175,20 @@ class ConnectProcess(ClientSockets):
             return 0.05
         if self.asleep:
             return TICK
-        if self.outbound.prepare_wait():
+        if self.outbound.prepare_wait(self.anchors.read):
             self.asleep = True
             return GRACE
         return 0.0
 
     # -- queues ---------------------------------------------------------------------------
-    def deliver(self) -> None:
-        codes, new_head = self.outbound.peek_many(OUT_CODES_PER_TURN, 1 << 20)
-        if codes:
-            dirty = self.table.deliver(codes)
-            head, commit = self.outbound.ring.head, self.streams.commit
-            for c in dirty:  # the reply bytes now in ``out``, valid with the new head
-                commit(c.slot, OUTBOUND, c.delivered, new_head, head)
-            self.outbound.commit_head(new_head, len(codes))
-            self.progress[0] += len(codes)
-            for c in dirty:
-                if self.table.is_open(c):
-                    self.flush(c)
-
     def push(self) -> None:
-        table = self.table
-        if table.push(self.inbound.push_many):  # reading paused or resumed
-            for c in list(table.clients.values()):
+        table, ring = self.table, self.inbound.ring
+        if table.push(self.inbound.push_many, ring.room(), ring.tail, ring.capacity):
+            for c in list(table.clients.values()):  # reading paused or resumed
                 self.update_interest(c)
             self.update_listener()
-        if table.fed and not table.backlog:  # every frame read so far is queued
-            tail, commit = self.inbound.ring.tail, self.streams.commit
-            for c in table.fed.values():
-                if table.is_open(c):
-                    commit(c.slot, INBOUND, c.received - c.framing.buffered, tail, tail)
-            table.fed.clear()
+        if table.pushed:
+            self.consume()
 
     def update_interest(self, c: Client) -> None:
         want = self.table.interest(c)

@@ -24,11 +24,12 @@ from typing import Any
 
 from ..core.client import Client
 from ..core.handover import CHUNK, READY, HandoverReader, Limits, messages
-from ..core.streams import resumable
+from ..core.streams import INBOUND, resumable
 from ..errors import HandoverError
 from ..ipc.tcpstate import counters
 from .common import TICK, Parent
 from .keeper import HAND, recv_fds
+from .sockets import peek_from_offset
 
 log = logging.getLogger("server.connect")
 
@@ -95,6 +96,10 @@ def on_control(proc: Any, from_supervisor: bool) -> None:
 def hand_over(proc: Any, control: socket.socket) -> None:
     """The old process: send every client and every code not yet queued."""
     proc.push()  # what fits goes to the queue now; the rest travels
+    proc.release_slow(every=True)  # the output in memory travels: nothing holds the head
+    moved = proc.anchors.advance()
+    if moved is not None:
+        proc.outbound.commit_head(*moved)
     proc.outbound.doorbell.close()  # the successor becomes the consumer
     clients, codes = proc.table.export()
     socks = [c.handle for c in proc.table.clients.values()]
@@ -112,6 +117,41 @@ def hand_over(proc: Any, control: socket.socket) -> None:
         len(codes),
         (time.monotonic() - started) * 1000,
     )
+
+
+def resume(proc: Any, c: Client, positions: tuple[int, int, int], crashed: bool) -> str:
+    """Go on with ``c``'s streams where the ledger and its kernel say they
+    stand (``server.core.streams``); why it cannot, or ""."""
+    sock = c.handle
+    proc.peek_off = proc.peek_off and peek_from_offset(sock)  # the peeking starts afresh
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        k = counters(sock)
+    except OSError as err:
+        return f"its socket failed: {err.strerror or err}"
+    streams = proc.streams
+    streams.settle(c.slot, INBOUND, positions[0])
+    if crashed:
+        r = resumable(streams, c.slot, c.conn, positions, (k.received, k.unread, k.acked, k.unsent))
+        if r.problem:
+            return r.problem
+        in_skip = r.in_skip
+        c.delivered, c.skip_out, c.anchor = r.written, r.out_skip, r.out_from
+        if r.out_from > positions[1]:
+            proc.unborn[c.conn] = r.out_from  # the codes before it were written already
+    else:  # handed over: the output not yet taken came with it
+        in_skip = max(0, streams.value(c.slot, INBOUND, positions[0]) - k.consumed)
+        c.delivered = k.taken + len(c.out)
+        c.anchor = streams.anchor_of(c.slot)[1]
+        c.unkept = bool(c.out)
+    # A handed-over partial frame is the bytes just before ``k.consumed``.
+    c.received = c.consumed = k.consumed
+    c.sent = c.sent_seen = k.taken
+    c.queued = k.unsent
+    if in_skip:
+        proc.take_out(c, k.consumed + in_skip)  # queued already: drop them
+        c.received = c.consumed
+    return ""
 
 
 def take_over(proc: Any, adopt: socket.socket) -> list[Client]:
@@ -164,20 +204,17 @@ def take_over(proc: Any, adopt: socket.socket) -> list[Client]:
             os.close(fd)
         proc.notices.took(0)
         return []
-    positions = (proc.inbound.ring.tail, proc.outbound.ring.head)
+    in_ring, out_ring = proc.inbound.ring, proc.outbound.ring
+    positions = (in_ring.tail, out_ring.head, out_ring.tail)
     lost = 0
     for c, (_state, fd) in zip(adopted, reader.clients, strict=True):
         c.handle = socket.socket(fileno=fd)
         c.handle.setblocking(False)
-        k = counters(c.handle)
-        c.received, c.delivered = k.consumed, k.taken + len(c.out)  # the counts go on
         proc.notices.opened(c.conn, c.handle)  # the supervisor's duplicates are ours now
-        if reader.resume:
-            kernel = (k.received, k.unread, k.acked, k.unsent)
-            why = resumable(proc.streams, c.slot, c.conn, positions, kernel)
-            if why:
-                proc.table.close(c, f"lost with the connect process that died: {why}")
-                lost += 1
+        why = resume(proc, c, positions, reader.resume)
+        if why:
+            proc.table.close(c, f"lost with the connect process that died: {why}")
+            lost += 1
     proc.notices.took(len(adopted))
     source = "the connect process that died" if reader.resume else "the previous connect process"
     log.info(

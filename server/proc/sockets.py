@@ -2,6 +2,18 @@
 call on a client socket, or on the listener, into a call on the client
 table (``server.core.clients``).  ``ConnectProcess`` (``server.proc.connect``)
 is built on this; nothing here decides anything about a client.
+
+Reading leaves the bytes in the socket (``MSG_PEEK``, from the socket's
+``SO_PEEK_OFF``, so each byte is seen once); ``consume`` takes them out
+once their frames are queued (``MSG_TRUNC``: discarded, not copied), so a
+``kill -9`` between the two loses nothing (``server.core.streams``).  The
+bytes of an incomplete frame stay unread, so ``SO_RCVLOWAT`` is set to
+where the frame ends (a line: one byte more): the socket is readable again
+when that arrives, not at every turn.  A frame that does not fit in that
+window (``peek_window``; or a kernel without ``SO_PEEK_OFF`` for TCP,
+before Linux 6.10, and more than ``SMALL_PEEK`` bytes pending) is taken
+out as it comes, as before: that connection is then not exact across a
+crash until the frame is queued.
 """
 
 from __future__ import annotations
@@ -12,9 +24,11 @@ import logging
 import socket
 import struct
 import termios
+import time
 from typing import Any
 
 from ..core.clients import Client, ClientTable
+from ..core.outflow import ReplyAnchors
 from ..core.streams import StreamLedger
 from .keeper import Notices
 
@@ -22,6 +36,10 @@ log = logging.getLogger("server.connect")
 
 RECV_SIZE = 256 * 1024
 ACCEPTS_PER_TURN = 64
+SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)  # Linux's number; Python 3.11 lacks it
+PEEK_WINDOW = 1 << 20  # at most this many bytes of a client wait unread in its socket
+LINE_PEEK = 32 * 1024  # the same for a line, whose length is not known before its end
+SMALL_PEEK = 4096  # the same without SO_PEEK_OFF (each peek then copies them again)
 
 
 def send_queue(c: Client) -> int:
@@ -34,16 +52,33 @@ def send_queue(c: Client) -> int:
     return int(struct.unpack("i", raw)[0])
 
 
+def peek_from_offset(sock: socket.socket) -> bool:
+    """Make MSG_PEEK on ``sock`` return only bytes not peeked at before;
+    False if this kernel cannot (TCP learned SO_PEEK_OFF in Linux 6.10)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    except OSError:
+        return False
+    return True
+
+
 class ClientSockets:
     table: ClientTable
     listener: socket.socket
     notices: Notices
     streams: StreamLedger
+    anchors: ReplyAnchors
     sel: Any
     now: float
     written: int
+    peek_off: bool  # SO_PEEK_OFF works for TCP here
+    read_now: list[Client]  # clients read from this turn (their SO_RCVLOWAT is looked at)
+    recv_size: int
 
     def update_interest(self, c: Client) -> None:
+        raise NotImplementedError
+
+    def reanchor(self, c: Client) -> None:
         raise NotImplementedError
 
     def flush(self, c: Client) -> None:
@@ -59,16 +94,71 @@ class ClientSockets:
                 return
         if self.table.wrote(c, sent, self.now):
             self.update_interest(c)
+            if not c.out and (c.unkept or c.anchor != self.anchors.read):
+                self.reanchor(c)  # all it was sent is taken: anchor it where the queue is read
 
     def read(self, c: Client) -> None:
         try:
-            data = c.handle.recv(RECV_SIZE)
+            if self.peek_off:
+                data = c.handle.recv(self.recv_size, socket.MSG_PEEK)
+            else:
+                seen = c.received - c.consumed
+                data = c.handle.recv(seen + self.recv_size, socket.MSG_PEEK)[seen:]
+                # readable with nothing past the low-water mark: the client closed
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
             self.table.close(c, f"receive failed: {err.strerror or err}")
             return
         self.table.received(c, data, self.now)
+        self.read_now.append(c)
+
+    def consume(self) -> None:
+        """Take out of the sockets the bytes whose frames are now queued,
+        and set each socket read from this turn to wake at new bytes."""
+        table = self.table
+        for c, end in table.pushed.items():
+            if table.is_open(c):
+                self.take_out(c, c.received if end < 0 else end)
+        touched = [*table.pushed, *self.read_now]
+        table.pushed.clear()
+        self.read_now.clear()
+        for c in touched:
+            if not table.is_open(c):
+                continue
+            unread = c.received - c.consumed
+            want = unread + c.framing.missing()  # readable again when the frame is complete
+            if want > self.peek_window(c):
+                self.take_out(c, c.received)  # too much to leave there: not exact now
+                want = 1
+            if want != c.lowat:
+                c.lowat = want
+                try:
+                    c.handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, c.lowat)
+                except OSError as err:
+                    table.close(c, f"setting SO_RCVLOWAT failed: {err.strerror or err}")
+
+    def peek_window(self, c: Client) -> int:
+        """How many bytes of ``c`` may wait unread in its socket.  The kernel
+        lets the client send only up to the low-water mark once it exceeds
+        the receive buffer (it clamps the window there), so a frame whose
+        length is unknown (a line) may not grow far past it."""
+        if not self.peek_off:
+            return SMALL_PEEK
+        return PEEK_WINDOW if c.framing.name == "length" else LINE_PEEK
+
+    def take_out(self, c: Client, end: int) -> None:
+        """Discard the socket's unread bytes up to stream offset ``end``."""
+        while c.consumed < end:
+            try:
+                n = c.handle.recv(end - c.consumed, socket.MSG_TRUNC)
+            except OSError as err:
+                self.table.close(c, f"receive failed: {err.strerror or err}")
+                return
+            if not n:
+                self.table.close(c, f"{end - c.consumed} bytes seen in its socket are gone")
+                return
+            c.consumed += len(n)
 
     def accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
@@ -88,8 +178,12 @@ class ClientSockets:
                 sock.close()
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.peek_off:
+                self.peek_off = peek_from_offset(sock)
             c.handle = sock
-            self.streams.opened(c.slot, c.conn, 0)
+            c.anchor = self.anchors.read
+            host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else ("", 0)
+            self.streams.opened(c.slot, c.conn, c.anchor, (host, port), time.time())
             self.notices.opened(c.conn, sock)  # before it is served
             self.update_interest(c)
 
@@ -98,5 +192,6 @@ class ClientSockets:
         if c.events:
             self.sel.unregister(c.handle)
             c.events = 0
+        self.anchors.unpin(c.conn)  # its output is gone with it: it holds the head no more
         self.notices.closed(c.conn)
         c.handle.close()

@@ -1,0 +1,93 @@
+"""The connect process's outbound side: codes from the outbound queue to the
+clients' sockets, and the head moved on only past codes every client has
+handed to its kernel (the rule and its reasons: ``server.core.outflow``).
+A part of ``ConnectProcess`` (``server.proc.connect``).
+
+After a crash the codes from the head are delivered again: ``unborn``
+holds the clients that must not get the first of them (they were written
+before the crash, see ``server.core.streams``), and ``deliver`` reads
+only up to the next such client's first code at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..core.clients import Client, ClientTable
+from ..core.outflow import ReplyAnchors
+from ..core.streams import StreamLedger
+
+log = logging.getLogger("server.connect")
+
+OUT_CODES_PER_TURN = 4096
+
+
+class ReplyFlow:
+    outbound: Any
+    table: ClientTable
+    streams: StreamLedger
+    anchors: ReplyAnchors
+    unborn: dict[int, int]
+    progress: Any
+    flush: Callable[[Client], None]  # server.proc.sockets (after this class in the MRO)
+
+    def deliver(self) -> None:
+        """Deliver the codes past ``anchors.read`` and write them out; the
+        head moves on only past codes whose bytes every client handed to
+        its kernel (``server.core.outflow``)."""
+        anchors, table = self.anchors, self.table
+        unborn: frozenset[int] = frozenset()
+        max_bytes = 1 << 20
+        if self.unborn:  # delivering again after a crash: stop at each client's first code
+            later = {conn: at for conn, at in self.unborn.items() if at > anchors.read}
+            self.unborn = later
+            if later:
+                unborn = frozenset(later)
+                max_bytes = min(later.values()) - anchors.read
+        codes, end = self.outbound.peek_many(OUT_CODES_PER_TURN, max_bytes, anchors.read)
+        if codes:
+            dirty = table.deliver(codes, unborn)
+            anchors.delivered(end, len(codes))
+            for c in dirty:
+                if table.is_open(c):
+                    self.flush(c)  # anchors it at ``end`` if all of it is out
+                    if c.out and not c.unkept:
+                        anchors.pin(c.conn, c.anchor)
+                        self.streams.set_pending(c.slot, len(c.out))
+            if anchors.pinned and anchors.behind > anchors.limit:
+                self.release_slow()
+        if anchors.head != anchors.read:
+            moved = anchors.advance()
+            if moved is not None:
+                self.outbound.commit_head(*moved)
+                self.progress[0] += moved[1]
+
+    def reanchor(self, c: Client) -> None:
+        """Every reply byte delivered to ``c`` was taken by its kernel."""
+        self.streams.anchor(c.slot, c.delivered, self.anchors.read)
+        if c.unkept or c.conn in self.anchors.pinned:
+            self.anchors.unpin(c.conn)
+            self.streams.set_pending(c.slot, 0)
+            c.unkept = False
+        c.anchor = self.anchors.read
+
+    def release_slow(self, every: bool = False) -> None:
+        """Stop holding the head for clients that read their replies slowly
+        (or for every pinned client: a handover carries their output)."""
+        for conn in list(self.anchors.pinned) if every else self.anchors.overdue():
+            self.anchors.unpin(conn)
+            c = self.table.clients.get(conn)
+            if c is None:
+                continue
+            self.streams.unanchor(c.slot)
+            c.unkept = True
+            if not every:
+                log.info(
+                    "connection %#x from %s reads its replies slowly (%d bytes waiting): they "
+                    "are kept in this process only, and a crash of it would close the connection",
+                    c.conn,
+                    c.peer,
+                    len(c.out),
+                )
