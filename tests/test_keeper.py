@@ -13,7 +13,7 @@ import socket
 import time
 
 import pytest
-from helpers.server import EchoClient
+from helpers.server import EchoClient, frame
 
 from server.proc.keeper import CLOSE, OPEN, FdKeeper, Notices
 
@@ -93,8 +93,8 @@ def test_the_supervisor_holds_every_client_and_hands_them_to_the_next_connect(st
     clients.pop().close()
     server.wait_for(lambda i: i["counters"]["descriptors_held"] == 3, what="3 held")
     halfway = clients[-1]
-    halfway.sock.sendall(b"\0\0\0\x10half")
-    time.sleep(0.3)  # seen by connect, not a whole frame
+    halfway.sock.sendall(frame(b"whole") + b"\0\0\0\x10half")  # one write, one read
+    assert halfway.recv() == b"whole"  # queued and answered; "half" waits in the socket
     os.kill(server.pid("connect"), signal.SIGKILL)
     for i, c in enumerate(clients[:-1]):
         assert c.request(b"after %d" % i) == b"after %d" % i  # the same TCP connection

@@ -77,9 +77,12 @@ class Conn:
 
 
 class Load:
-    def __init__(self, port: int, conns: int, window: int, report: Report, seed: int) -> None:
+    def __init__(
+        self, port: int, conns: int, window: int, report: Report, seed: int, pieces: int = 1
+    ) -> None:
         self.port = port
         self.window = window
+        self.pieces = pieces  # each request in up to this many writes
         self.report = report
         self.conns = [Conn(i) for i in range(conns)]
         self.stopping = threading.Event()
@@ -122,7 +125,7 @@ class Load:
             if not self.stopping.is_set():
                 while c.next_seq - c.expect < self.window:
                     c.sent_at[c.next_seq] = time.monotonic()
-                    c.sock.sendall(frame(request(c.index, c.next_seq, rng)))
+                    self._send(c.sock, frame(request(c.index, c.next_seq, rng)), rng)
                     self.report.requests += 1
                     c.next_seq += 1
             elif c.expect == c.next_seq:
@@ -131,6 +134,12 @@ class Load:
             if payload is None:
                 raise ConnectionResetError("the server closed the connection")
             self._check(c, payload)
+
+    def _send(self, sock: socket.socket, data: bytes, rng: random.Random) -> None:
+        """In one write, or cut at random points into up to ``pieces``."""
+        cuts = sorted(rng.sample(range(1, len(data)), min(self.pieces, len(data)) - 1))
+        for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            sock.sendall(data[a:b])
 
     def _recv(self, c: Conn) -> bytes | None:
         assert c.sock is not None
@@ -300,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window", type=int, default=8, help="requests in flight per connection (default 8)"
     )
+    p.add_argument(
+        "--pieces",
+        type=int,
+        default=1,
+        help="send each request in up to this many writes (default 1: whole)",
+    )
     p.add_argument("--port", type=int, help="use the server on this port (with --key)")
     p.add_argument("--key", type=lambda t: int(t, 0), help="its segment key")
     p.add_argument("--hang-timeout", default="2", help="for the server this starts (default 2)")
@@ -326,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         target.start()
     assert target.port is not None
     restarts_before = _restarts(target)
-    load = Load(target.port, args.conns, args.window, report, args.seed)
+    if args.pieces < 1:
+        print(f"Error: --pieces wants 1 or more, got {args.pieces}", file=sys.stderr)
+        return 2
+    load = Load(target.port, args.conns, args.window, report, args.seed, args.pieces)
     load.start()
     started = time.monotonic()
     deadline = started + args.seconds

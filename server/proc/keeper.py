@@ -152,7 +152,8 @@ class FdKeeper:
                 peer = "{}:{}".format(*sock.getpeername()[:2])
             except OSError:
                 peer = "?"
-            states.append(ClientState(conn, slot_of(conn), peer, last_input=time.monotonic()))
+            now = time.monotonic()  # its timeouts start afresh
+            states.append(ClientState(conn, slot_of(conn), peer, last_input=now, last_output=now))
             socks.append(sock)
             self.owner[conn] = marker
         ours, theirs = control_pair()

@@ -9,11 +9,13 @@ once their frames are queued (``MSG_TRUNC``: discarded, not copied), so a
 ``kill -9`` between the two loses nothing (``server.core.streams``).  The
 bytes of an incomplete frame stay unread, so ``SO_RCVLOWAT`` is set to
 where the frame ends (a line: one byte more): the socket is readable again
-when that arrives, not at every turn.  A frame that does not fit in that
-window (``peek_window``; or a kernel without ``SO_PEEK_OFF`` for TCP,
-before Linux 6.10, and more than ``SMALL_PEEK`` bytes pending) is taken
-out as it comes, as before: that connection is then not exact across a
-crash until the frame is queued.
+when that arrives, not at every turn.  A frame that does not fit is
+taken out as it comes, as before, and that connection is then not exact
+across a crash until the frame is queued: one past ``peek_window`` (or,
+on a kernel without ``SO_PEEK_OFF`` for TCP, before Linux 6.10, past
+``SMALL_PEEK``), or one the kernel's receive window cannot hold (it then
+reports the socket readable below the mark: the client cannot send more
+until something is read).
 """
 
 from __future__ import annotations
@@ -98,14 +100,21 @@ class ClientSockets:
                 self.reanchor(c)  # all it was sent is taken: anchor it where the queue is read
 
     def read(self, c: Client) -> None:
+        seen = c.received - c.consumed
         try:
             if self.peek_off:
                 data = c.handle.recv(self.recv_size, socket.MSG_PEEK)
             else:
-                seen = c.received - c.consumed
-                data = c.handle.recv(seen + self.recv_size, socket.MSG_PEEK)[seen:]
-                # readable with nothing past the low-water mark: the client closed
-        except (BlockingIOError, InterruptedError):
+                raw = c.handle.recv(seen + self.recv_size, socket.MSG_PEEK)
+                if raw and len(raw) == seen:
+                    raise BlockingIOError  # nothing new: see below
+                data = raw[seen:]
+        except BlockingIOError:
+            if seen:  # readable below its low-water mark: the kernel's window is full
+                self.take_out(c, c.received)  # so take them out (not exact until queued)
+                self.read_now.append(c)
+            return
+        except InterruptedError:
             return
         except OSError as err:
             self.table.close(c, f"receive failed: {err.strerror or err}")
@@ -134,7 +143,7 @@ class ClientSockets:
             if want != c.lowat:
                 c.lowat = want
                 try:
-                    c.handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, c.lowat)
+                    c.handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
                 except OSError as err:
                     table.close(c, f"setting SO_RCVLOWAT failed: {err.strerror or err}")
 

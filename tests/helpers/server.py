@@ -63,8 +63,10 @@ class ServerProc:
         self.port = int(text.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
         self.pids.add(self.proc.pid)
         self.wait_for(  # alive, and connect past its imports (it logs that, then loops)
-            lambda i: all(i["processes"][r]["alive"] for r in ("connect", "logic"))
-            and "started: clients on" in self.log()
+            lambda i: (
+                all(i["processes"][r]["alive"] for r in ("connect", "logic"))
+                and "started: clients on" in self.log()
+            )
         )
         return self
 
