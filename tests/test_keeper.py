@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -90,6 +92,21 @@ def test_the_supervisor_holds_every_client_and_hands_them_to_the_next_connect(st
     streams = sorted(info["streams"].values(), key=lambda s: s["peer"])
     assert [(s["bytes_in"], s["bytes_out"], s["pending_out"]) for s in streams] == [(6, 6, 0)] * 4
     assert all(s["peer"].startswith("127.0.0.1:") and s["kept"] for s in streams)
+    shown = subprocess.run(
+        [sys.executable, "-m", "server", "inspect", "--key", hex(server.key)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert "peer" in shown and "pending out" in shown and "descriptors_held 4" in shown
+    row = next(line for line in shown.splitlines() if streams[0]["peer"] in line)
+    assert row.split()[2:] == ["0", "s", "6", "6", "0"] or row.split()[2:] == [
+        "1",
+        "s",
+        "6",
+        "6",
+        "0",
+    ]
     clients.pop().close()
     server.wait_for(lambda i: i["counters"]["descriptors_held"] == 3, what="3 held")
     halfway = clients[-1]

@@ -76,7 +76,19 @@ def describe(shm: SharedMemory, *, set_aside: bool = False) -> dict[str, Any]:
         info["streams"] = {
             f"{conn:#x}": counts for conn, counts in info["streams"].items() if conn in open_conns
         }
+        wall = time.time()
+        for counts in info["streams"].values():
+            opened = counts.get("opened_at", 0)
+            counts["age_s"] = round(max(0.0, wall - opened), 1) if opened else None
     return info
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _printable(entry: dict[str, Any]) -> dict[str, Any]:
@@ -159,9 +171,18 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append("  ".join(f"{k} {v}" for k, v in counters.items()))
     streams = info.get("streams", {})
     if streams:
-        lines += ["", f"{'connection':<14} {'bytes in':>12} {'bytes out':>12}"]
-        for conn, counts in list(streams.items())[:STREAMS_SHOWN]:
-            lines.append(f"{conn:<14} {counts['bytes_in']:>12} {counts['bytes_out']:>12}")
+        lines += [
+            "",
+            f"{'connection':<14} {'peer':<22} {'age':>8} {'bytes in':>12} {'bytes out':>12} "
+            f"{'pending out':>12}",
+        ]
+        for conn, s in list(streams.items())[:STREAMS_SHOWN]:
+            age = "?" if s.get("age_s") is None else _age(s["age_s"])
+            kept = "" if s.get("kept", True) else "  (output in memory only: a slow reader)"
+            lines.append(
+                f"{conn:<14} {s.get('peer', '?'):<22} {age:>8} {s['bytes_in']:>12} "
+                f"{s['bytes_out']:>12} {s.get('pending_out', 0):>12}{kept}"
+            )
         if len(streams) > STREAMS_SHOWN:
             lines.append(f"... and {len(streams) - STREAMS_SHOWN} more (--json shows all)")
     lines += ["", f"{'object':<11} {'kind':<12} {'offset':>8} {'size':>9}"]

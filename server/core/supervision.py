@@ -91,10 +91,15 @@ def orphan_leftover(inbound: int, unqueued: int) -> str:
     )
 
 
+UNKNOWN_EXIT = 1 << 16  # the returncode of an adopted worker (not our child): not known
+
+
 def describe_exit(returncode: int, signal_name: str = "") -> str:
     """``Popen.returncode`` in words: ``exited with status 3``, ``killed by
     SIGKILL`` (``signal_name`` comes from the caller, which may know the
     names of signals; without it: ``killed by signal 9``)."""
+    if returncode == UNKNOWN_EXIT:
+        return "ended (adopted from an earlier supervisor, so how is not known)"
     if returncode < 0:
         return f"killed by {signal_name or f'signal {-returncode}'}"
     return f"exited with status {returncode}"

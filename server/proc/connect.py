@@ -38,6 +38,7 @@ from ..core.status import Role
 from ..core.supervision import Stall, orphan_leftover, stop_leftover
 from ..ipc.codequeue import GRACE
 from ..ipc.segment import ServerSegment
+from .adoption import adopted, lost_supervisor, stop_awaiting
 from .common import TICK, Heartbeat, Parent, enable_stack_dumps
 from .handover import hand_over, on_control, take_over
 from .keeper import Notices
@@ -49,6 +50,7 @@ log = logging.getLogger("server.connect")
 ROOM_POLL = 2e-3  # while the inbound queue is full
 
 _DOORBELL, _LISTENER, _CONTROL, _HANDOVER = "doorbell", "listener", "control", "handover"
+_ADOPTER = "adopter"  # a new supervisor, after ours died (server.proc.adoption)
 # The table's interest bits are selectors' events, so they pass as they are
 # (tests/test_clients.py checks that they are the same bits).
 
@@ -79,7 +81,8 @@ class ConnectProcess(ReplyFlow, ClientSockets):
         listener.setblocking(False)
         self.listening = False
         self.sel = selectors.DefaultSelector()
-        self.stopping = self.handing_over = self.orphaned = False
+        self.stopping = self.handing_over = self.orphaned = self.adopted = False
+        self.adopter: socket.socket | None = None  # while orphaned: where a new supervisor calls
         self.control = control
         self.notices = Notices(control)  # OPEN and CLOSE for the supervisor (its duplicates)
         self.handover: socket.socket | None = None  # given by the supervisor on SIGHUP
@@ -146,6 +149,8 @@ class ConnectProcess(ReplyFlow, ClientSockets):
                     self.accept()
                 elif c in (_CONTROL, _HANDOVER):
                     on_control(self, c == _CONTROL)
+                elif c is _ADOPTER:
+                    adopted(self)
                 elif c is not _DOORBELL:
                     if mask & selectors.EVENT_WRITE and table.is_open(c):
                         self.flush(c)
@@ -158,9 +163,8 @@ class ConnectProcess(ReplyFlow, ClientSockets):
             if self.now >= next_timers:
                 next_timers = self.now + 1.0
                 table.tick(self.now, send_queue)
-                if parent.gone():
-                    log.warning("the supervisor is gone; stopping")
-                    self.stopping = self.orphaned = True
+                if not (self.orphaned or self.adopted) and parent.gone():
+                    lost_supervisor(self)
         if self.handing_over:
             hand_over(self, self.handover)  # type: ignore[arg-type]
         else:
@@ -223,6 +227,8 @@ class ConnectProcess(ReplyFlow, ClientSockets):
         self.notices.flush()
         self.push()
         self.table.warn_unsent()
+        if self.adopter is not None:
+            stop_awaiting(self.adopter, self.cfg.key)
         self.sel.close()
         log.info("stopped")
 

@@ -27,6 +27,7 @@ from ..core.handover import CHUNK, READY, HandoverReader, Limits, messages
 from ..core.streams import INBOUND, resumable
 from ..errors import HandoverError
 from ..ipc.tcpstate import counters
+from .adoption import lost_supervisor
 from .common import TICK, Parent
 from .keeper import HAND, recv_fds
 from .sockets import peek_from_offset
@@ -79,7 +80,10 @@ def on_control(proc: Any, from_supervisor: bool) -> None:
             sock = handover_socket(proc.control)
         except EOFError:  # the supervisor is gone: nobody will ask
             proc.sel.unregister(proc.control)
+            proc.control.close()
             proc.control = proc.notices.control = None
+            proc.adopted = False
+            lost_supervisor(proc)
             return
         if sock is not None and proc.handover is None and not proc.stopping:
             proc.handover = sock

@@ -41,6 +41,7 @@ from ..core.codes import slot_of
 from ..core.handover import ClientState, messages
 
 OPEN, CLOSE, HAND, TOOK = b"O", b"X", b"H", b"T"
+LISTEN = b"L"  # connect -> a supervisor that adopts it: the listening socket
 
 log = logging.getLogger("server.supervisor")
 
@@ -91,6 +92,12 @@ class Notices:
             return
         self.waiting_sockets += 1
         self.queue.append((OPEN + conn.to_bytes(8, "little"), sock.dup()))
+        self.flush()
+
+    def listening(self, sock: socket.socket) -> None:
+        """For a supervisor that adopts us: the listening socket."""
+        self.waiting_sockets += 1
+        self.queue.append((LISTEN, sock.dup()))
         self.flush()
 
     def took(self, count: int) -> None:

@@ -6,7 +6,8 @@ replies are published (see ``server.core.stepper``).  With nothing to do it
 sleeps on the inbound queue's doorbell, at most ``TICK`` at a time so the
 heartbeat keeps moving; while its replies wait for room in the outbound
 queue it backs off briefly.  SIGTERM (sent by the supervisor) stops it once
-nothing is pending; it also stops when the supervisor is gone.  SIGHUP (a
+nothing is pending; when the supervisor is gone it serves on until a new
+one adopts it (``server.proc.adoption``) or it is told to stop.  SIGHUP (a
 graceful restart, ``run``'s SIGHUP) stops it after the step under way: the
 codes not yet stepped stay in the queue for the next logic process.
 
@@ -104,6 +105,7 @@ def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing, heartbeat:
         else "",
     )
     parent = Parent()
+    orphaned = False
     errors_reported = 0
     backoff = 0.0
     while True:
@@ -128,9 +130,12 @@ def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing, heartbeat:
             continue
         if stop.requested:
             break
-        if parent.gone():
-            log.warning("the supervisor is gone; stopping")
-            break
+        if not orphaned and parent.gone():
+            orphaned = True
+            log.warning(
+                "the supervisor is gone; serving on (`python -m server run` with the same key "
+                "adopts this process; SIGTERM stops it)"
+            )
         inbound.wait(timeout=TICK)
     log.info("stopped: %d codes processed in all", inbound.stats()["popped"])
     return 0

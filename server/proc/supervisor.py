@@ -39,10 +39,11 @@ from typing import Any
 from ..core.config import ServerConfig
 from ..core.header import StartMode
 from ..core.status import Reason, Role, StatusBoard, WorkerState
-from ..core.supervision import Stall, StopEvent, StopPhase, next_phase
+from ..core.supervision import UNKNOWN_EXIT, Stall, StopEvent, StopPhase, next_phase
 from ..core.watchdog import Act, Action, Verdict, Watchdog
 from ..ipc.segment import ServerSegment
 from ..ipc.shm import SHMFactory
+from .adoption import AdoptedProcess, find_orphans, reach_connect
 from .common import monotonic_ms, signal_name
 from .keeper import FdKeeper
 from .notify import SystemdNotifier
@@ -74,8 +75,14 @@ class Supervisor:
     # -- start --------------------------------------------------------------------
     def open(self) -> None:
         cfg = self.cfg
-        refuse_if_running(cfg)
-        self.listener = listen(cfg)
+        self.orphans = find_orphans(cfg)  # workers of a supervisor that was killed: adopt them
+        if not self.orphans:
+            refuse_if_running(cfg)
+        if Role.CONNECT in self.orphans:
+            control, self.listener = reach_connect(cfg.key, self.orphans[Role.CONNECT])
+            self.workers[Role.CONNECT].control = control
+        else:
+            self.listener = listen(cfg)
         self.address = self.listener.getsockname()[:2]
         self.run_dir, self.own_run_dir = doorbell_folder()
         self.seg = open_segment(cfg, self.discard_pending)
@@ -130,6 +137,12 @@ class Supervisor:
             )
             self.notify.status(f"restarted the {w.name} process ({w.reason.describe(w.detail)})")
 
+    def adopt(self, w: Worker, pid: int, now: float) -> None:
+        w.proc = AdoptedProcess(pid)
+        w.restart_at = None
+        self.watchdog.started(w.role, now, self.status.progress(w.role))
+        log.warning("adopted the %s process, pid %d, of the supervisor that died", w.name, pid)
+
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no reload before we run
@@ -145,7 +158,10 @@ class Supervisor:
         try:
             now = time.monotonic()
             for w in self.workers.values():
-                self.spawn(w, now)
+                if w.role in self.orphans:
+                    self.adopt(w, self.orphans[w.role], now)
+                else:
+                    self.spawn(w, now)
             print(f"listening on {self.address[0]}:{self.address[1]}", flush=True)
             self.notify.ready(f"listening on {self.address[0]}:{self.address[1]}")
             while self.stop_phase is not StopPhase.DONE:
@@ -293,7 +309,7 @@ class Supervisor:
             w.kill()
         else:  # RESTART or REINIT: it exited
             assert w.proc is not None
-            code = w.proc.returncode
+            code = w.proc.poll()
             w.proc = None
             if w.role is Role.CONNECT:
                 self.keeper.read(w.control)  # its last notices
@@ -355,7 +371,7 @@ class Supervisor:
             self.drop_clients(w, "it stopped")
         self.status.stopped(w.role)
         self.watchdog.forget(w.role)
-        if code == 0:
+        if code in (0, UNKNOWN_EXIT):  # an adopted one: it was asked to, and it is gone
             log.info("the %s process (pid %d) stopped", w.name, pid)
         else:
             log.warning(

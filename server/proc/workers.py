@@ -27,15 +27,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from ..core.config import ServerConfig
 from ..core.status import Reason, Role, StatusBoard
+from ..core.supervision import UNKNOWN_EXIT, describe_exit
 from ..core.watchdog import Seen
 from ..errors import ConfigError
 from ..ipc.doorbell import RUN_DIR_ENV
 from ..ipc.shm import SHMFactory
 from .common import PARENT_ENV, STACK_SIGNAL, exit_text
 from .keeper import control_pair
+
+if TYPE_CHECKING:
+    from .adoption import AdoptedProcess
 
 log = logging.getLogger("server.supervisor")
 
@@ -45,7 +50,7 @@ STATE_DIR_ENV = "STCP_STATE_DIR"  # where copies of corrupt segments go (default
 @dataclasses.dataclass
 class Worker:
     role: Role
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | AdoptedProcess | None = None
     restart_at: float | None = 0.0  # None: not to be restarted
     reason: Reason = Reason.FIRST_START
     detail: int = 0
@@ -113,8 +118,10 @@ class Worker:
         )
 
 
-def exit_reason(returncode: int) -> tuple[Reason, int, str]:
+def exit_reason(returncode: int | None) -> tuple[Reason, int, str]:
     """How a worker ended: the Reason and detail for the status board, and words for the log."""
+    if returncode is None or returncode == UNKNOWN_EXIT:  # adopted: not our child
+        return Reason.EXITED, UNKNOWN_EXIT, describe_exit(UNKNOWN_EXIT)
     if returncode < 0:
         return Reason.KILLED, -returncode, exit_text(returncode)
     return Reason.EXITED, returncode, exit_text(returncode)
