@@ -20,8 +20,11 @@ process has a descriptor for it.  Two kernel facilities change that:
 
 The real server does the same with its connect process (``server/proc/keeper.py``,
 ``server/core/streams.py``): the supervisor holds a duplicate of every client
-socket, and a restarted connect process checks each stream against a ledger
-and these counters before it serves on.
+socket; connect takes bytes out only once their frames are queued, and keeps
+each reply in the queue until the kernel took it; a restarted connect process
+reads a ledger and these counters to skip exactly what was done.  And when the
+supervisor itself dies, the next one is handed the descriptors back
+(``server/proc/adoption.py``).
 
 **Run it.**  ``python -m steps.step12_keep_connections``.
 

@@ -28,12 +28,11 @@ from ..core.config import DEFAULT_KEY, DEFAULT_PORT, ServerConfig
 from ..core.watchdog import EXIT_CORRUPT
 from ..errors import ConfigError, CorruptSegment, SegmentError, SegmentInUse, ServerError
 from ..ipc.shm import SHMFactory
-from ..proc import connect, logic
-from ..proc.supervisor import Supervisor
-from ..proc.workers import raise_fd_limit
-from . import client
-from .demo import run_demo
-from .inspect import describe, format_set_aside, format_status
+
+# Each command imports what only it needs when it runs: a worker is restarted
+# by starting a fresh interpreter, and every module it need not compile (when
+# Python may not cache bytecode, PYTHONDONTWRITEBYTECODE) is time a restart
+# keeps the clients waiting.
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -62,6 +61,8 @@ def parse_key(text: str) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import describe, format_set_aside, format_status
+
     if args.watch:
         return watch_status(args.key)
     with SHMFactory.attach(args.key) as shm:
@@ -76,6 +77,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def watch_status(key: int, interval: float = 1.0) -> int:
     """The inspector's table, refreshed in place every second until Ctrl-C."""
+    from .inspect import describe, format_status
+
     tty = sys.stdout.isatty()
     while True:
         with SHMFactory.attach(key) as shm:
@@ -158,6 +161,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         **{name: getattr(args, name) for name in TUNABLES},
         full_message=getattr(app, "full_message", ServerConfig.full_message),
     ).validate()
+    from ..proc.supervisor import Supervisor
+    from ..proc.workers import raise_fd_limit
+
     raise_fd_limit(cfg)
     return Supervisor(cfg, discard_pending=args.discard_pending).run()
 
@@ -171,7 +177,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     try:
         if args.role == "connect":
+            from ..proc import connect
+
             return connect.main(cfg, args.listen_fd, args.control_fd, args.adopt_fd)
+        from ..proc import logic
+
         return logic.main(cfg)
     except CorruptSegment as err:
         # A distinct status, so the supervisor can tell corruption from a bug.
@@ -180,10 +190,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    from . import client
+
     return client.main(args.host, args.port)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
     return EXIT_OK if run_demo(args.key, args.codes) else EXIT_ERROR
 
 

@@ -11,11 +11,16 @@ socket and the doorbell of the outbound queue.  Each turn::
     3. select: new clients -> table.open, readable -> table.received, writable -> write
     4. push this turn's inbound codes; once a second table.tick (timeouts)
 
-A restarted connect process closes the slots its predecessor left open and
-tells the logic process (CLOSED codes): those connections are lost.  On
-SIGHUP the supervisor starts a successor instead, and the successor's READY
-on the control socket makes this process hand every client over
-(``server.proc.handover``): nothing is lost.
+Reads leave bytes in the socket until their frames are queued, and the
+outbound head moves only past codes every client's kernel took
+(``server.proc.sockets``, ``server.proc.replies``), so a restarted connect
+process, handed the supervisor's duplicates of the dead one's sockets,
+resumes each stream byte-exact (``server.proc.handover.resume``); the slots
+left open that nobody handed over are lost, and the logic process is told
+(CLOSED codes).  On SIGHUP the supervisor starts a successor instead, and
+the successor's READY on the control socket makes this process hand every
+client over.  If the supervisor dies, this process serves on and waits for
+a new one to adopt it (``server.proc.adoption``).
 
 SIGTERM (from the supervisor) starts a graceful stop: no new connections or
 requests; everything already read is answered and written, for as long as

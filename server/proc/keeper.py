@@ -16,16 +16,19 @@ connection the connect process holds.  The supervisor closes its
 duplicate on CLOSE, so a closed client is never kept half-open.  When the
 connect process dies, the supervisor hands its duplicates to the next one
 (``resume``: the handover format of ``server.core.handover``, marked
-``resume``); that one serves on every connection whose streams the ledger
-shows whole (``server.core.streams.resumable``), closes the others, and
-announces what it took (OPEN each, then TOOK); the supervisor then closes
-the duplicates nobody took.  ``inspect`` shows how many it holds
-(``descriptors_held``).
+``resume``); that one resumes each connection where the stream ledger and
+the kernel say it stands (``server.core.streams.resumable``; the rare one
+that cannot be is closed with the reason), and announces what it took
+(OPEN each, then TOOK); the supervisor then closes the duplicates nobody
+took.  ``inspect`` shows how many it holds (``descriptors_held``).
+
+    connect -> a new supervisor   LISTEN with the listening socket, first,
+                                  when one adopts it (``server.proc.adoption``)
 
 The connect process never blocks on a notice: ``Notices`` queues what the
 socket does not take now and sends it on a later turn, in order (a lost
 CLOSE would keep a client half-open).  If the supervisor is gone, notices
-are dropped: the connect process goes on serving and stops when it notices.
+are dropped; a supervisor that adopts the process is sent every client anew.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 ``python -m server run`` is this process.  It
 
-1. binds the listening socket (so a busy port fails before anything else);
+1. binds the listening socket (so a busy port fails before anything else),
+   or adopts the workers of a supervisor that was killed, which hand it
+   theirs and their clients (``server.proc.adoption``);
 2. makes the segment: INIT when it is new, RECOVER when an earlier run left
    it (its pending codes are then processed by the new workers); a segment
    found corrupt is saved to a file and re-initialised, with a warning;
@@ -138,8 +140,7 @@ class Supervisor:
             self.notify.status(f"restarted the {w.name} process ({w.reason.describe(w.detail)})")
 
     def adopt(self, w: Worker, pid: int, now: float) -> None:
-        w.proc = AdoptedProcess(pid)
-        w.restart_at = None
+        w.proc, w.restart_at = AdoptedProcess(pid), None
         self.watchdog.started(w.role, now, self.status.progress(w.role))
         log.warning("adopted the %s process, pid %d, of the supervisor that died", w.name, pid)
 
@@ -181,8 +182,7 @@ class Supervisor:
             self.close()
 
     def controls(self) -> tuple[socket.socket | None, socket.socket | None]:
-        connect = self.workers[Role.CONNECT]
-        return connect.control, connect.retiring_control
+        return self.workers[Role.CONNECT].control, self.workers[Role.CONNECT].retiring_control
 
     def read_notices(self) -> None:
         for control in self.controls():
