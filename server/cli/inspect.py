@@ -9,7 +9,6 @@ dict into the table people read; it is pure, so it is tested on a dict.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -17,18 +16,7 @@ from ..core.placed import merge_report
 from ..core.setaside import SetAsideLog
 from ..ipc.segment import KINDS
 from ..ipc.shm import SharedMemory
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from ..proc.common import alive
 
 
 def describe(shm: SharedMemory, *, set_aside: bool = False) -> dict[str, Any]:
@@ -63,7 +51,7 @@ def describe(shm: SharedMemory, *, set_aside: bool = False) -> dict[str, Any]:
             info["set_aside_requests"] = [_printable(e) for e in obj.entries()]
     now_ms = int(time.monotonic() * 1000)  # CLOCK_MONOTONIC: the workers' clock too
     for proc in info.get("processes", {}).values():
-        proc["alive"] = _alive(proc["pid"])
+        proc["alive"] = alive(proc["pid"])
         beat_at, busy_since = proc.pop("beat_at_ms", 0), proc.pop("busy_since_ms", 0)
         proc["heartbeat_age_ms"] = max(0, now_ms - beat_at) if beat_at and proc["pid"] else None
         conn = proc.pop("busy_conn", 0)

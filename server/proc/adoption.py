@@ -36,6 +36,7 @@ from ..errors import SegmentInUse
 from ..ipc.doorbell import doorbell_name
 from ..ipc.segment import ServerSegment
 from ..ipc.shm import SHMFactory
+from .common import alive
 from .keeper import LISTEN, recv_fds
 
 log = logging.getLogger("server.supervisor")
@@ -93,23 +94,6 @@ def _is_our_worker(pid: int, role: Role) -> bool:
     return b"worker" in args and role.name.lower().encode() in args
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped by its parent) is dead too
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
-
-
 def find_orphans(cfg: ServerConfig) -> dict[Role, int]:
     """The workers of a dead supervisor that still serve on segment
     ``cfg.key``, by role ({} when there are none)."""
@@ -122,12 +106,12 @@ def find_orphans(cfg: ServerConfig) -> dict[Role, int]:
         return {}
     try:
         status = seg.status
-        if _alive(status.pid(Role.SUPERVISOR)):
+        if alive(status.pid(Role.SUPERVISOR)):
             return {}
         found = {}
         for role in (Role.CONNECT, Role.LOGIC):
             pid = status.pid(role)
-            if _alive(pid) and _is_our_worker(pid, role):
+            if alive(pid) and _is_our_worker(pid, role):
                 found[role] = pid
         return found
     finally:

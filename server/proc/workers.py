@@ -36,7 +36,7 @@ from ..core.watchdog import Seen
 from ..errors import ConfigError
 from ..ipc.doorbell import RUN_DIR_ENV
 from ..ipc.shm import SHMFactory
-from .common import PARENT_ENV, STACK_SIGNAL, exit_text
+from .common import PARENT_ENV, STACK_SIGNAL, exit_text, process_state
 from .keeper import control_pair
 
 if TYPE_CHECKING:
@@ -129,14 +129,7 @@ def exit_reason(returncode: int | None) -> tuple[Reason, int, str]:
 
 def frozen(pid: int) -> bool:
     """Is the process stopped (SIGSTOP, a debugger)?  False if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ')'
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state in (b"T", b"t")
+    return process_state(pid) in (b"T", b"t")
 
 
 def stack_dump(w: Worker) -> str:
