@@ -48,7 +48,7 @@ from .common import TICK, Heartbeat, Parent, enable_stack_dumps
 from .handover import hand_over, on_control, take_over
 from .keeper import Notices
 from .replies import ReplyFlow
-from .sockets import RECV_SIZE, ClientSockets, send_queue
+from .sockets import RECV_SIZE, SCRATCH_SIZE, ClientSockets, send_queue
 
 log = logging.getLogger("server.connect")
 
@@ -81,6 +81,7 @@ class ConnectProcess(ReplyFlow, ClientSockets):
         self.unborn: dict[int, int] = {}  # after a crash: conn -> the first code it gets again
         self.peek_off = True  # until a socket says SO_PEEK_OFF does not work
         self.read_now: list[Client] = []
+        self.scratch = memoryview(bytearray(SCRATCH_SIZE))
         self.recv_size = RECV_SIZE if cfg.framing == "length" else self._line_recv_size()
         self.listener = listener
         listener.setblocking(False)

@@ -42,6 +42,7 @@ SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)  # Linux's number; Python 3.11 
 PEEK_WINDOW = 1 << 20  # at most this many bytes of a client wait unread in its socket
 LINE_PEEK = 32 * 1024  # the same for a line, whose length is not known before its end
 SMALL_PEEK = 4096  # the same without SO_PEEK_OFF (each peek then copies them again)
+SCRATCH_SIZE = RECV_SIZE + SMALL_PEEK
 
 
 def send_queue(c: Client) -> int:
@@ -76,6 +77,7 @@ class ClientSockets:
     peek_off: bool  # SO_PEEK_OFF works for TCP here
     read_now: list[Client]  # clients read from this turn (their SO_RCVLOWAT is looked at)
     recv_size: int
+    scratch: memoryview  # SCRATCH_SIZE bytes that every read goes through
 
     def update_interest(self, c: Client) -> None:
         raise NotImplementedError
@@ -101,14 +103,15 @@ class ClientSockets:
 
     def read(self, c: Client) -> None:
         seen = c.received - c.consumed
+        buf = self.scratch  # recv(256 KiB) would allocate that much per call
         try:
             if self.peek_off:
-                data = c.handle.recv(self.recv_size, socket.MSG_PEEK)
+                data = bytes(buf[: c.handle.recv_into(buf, self.recv_size, socket.MSG_PEEK)])
             else:
-                raw = c.handle.recv(seen + self.recv_size, socket.MSG_PEEK)
-                if raw and len(raw) == seen:
+                n = c.handle.recv_into(buf, seen + self.recv_size, socket.MSG_PEEK)
+                if n and n == seen:
                     raise BlockingIOError  # nothing new: see below
-                data = raw[seen:]
+                data = bytes(buf[seen:n])
         except BlockingIOError:
             if seen:  # readable below its low-water mark: the kernel's window is full
                 self.take_out(c, c.received)  # so take them out (not exact until queued)
@@ -159,15 +162,16 @@ class ClientSockets:
     def take_out(self, c: Client, end: int) -> None:
         """Discard the socket's unread bytes up to stream offset ``end``."""
         while c.consumed < end:
+            want = min(end - c.consumed, len(self.scratch))
             try:
-                n = c.handle.recv(end - c.consumed, socket.MSG_TRUNC)
+                n = c.handle.recv_into(self.scratch, want, socket.MSG_TRUNC)  # no copy
             except OSError as err:
                 self.table.close(c, f"receive failed: {err.strerror or err}")
                 return
             if not n:
                 self.table.close(c, f"{end - c.consumed} bytes seen in its socket are gone")
                 return
-            c.consumed += len(n)
+            c.consumed += n
 
     def accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
