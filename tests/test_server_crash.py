@@ -18,6 +18,9 @@ import time
 
 from helpers.server import HELPERS, EchoClient, ServerProc, frame
 
+from server.ipc.doorbell import run_dir
+from server.proc.adoption import adopt_address
+
 
 class Load:
     """``conns`` clients, each sending ``per_conn`` requests with up to
@@ -266,6 +269,9 @@ def test_workers_whose_supervisor_died_serve_on_and_the_next_run_adopts_them(sta
     assert server.proc is not None
     kill(server.proc.pid)
     assert [c.recv() for _ in range(3)] == [b"0", b"1", b"2"]  # unsupervised, same connection
+    address = adopt_address(server.key)  # in the private doorbell folder, not where we run
+    assert os.path.dirname(address) == run_dir() and os.path.exists(address)
+    assert not [f for f in os.listdir() if f.endswith("-adopt.sock")]
     again = ServerProc(server.key, server.log_path, "--app", "test_apps:SleepyEcho").start()
     try:
         assert again.port == server.port  # the listening socket came from the connect process
@@ -278,5 +284,6 @@ def test_workers_whose_supervisor_died_serve_on_and_the_next_run_adopts_them(sta
         kill(workers["connect"])
         assert c.request(b"after a connect kill") == b"after a connect kill"
         assert again.stop() == 0
+        assert not os.path.exists(address)  # taken away once adopted
     finally:
         again.kill_all()

@@ -33,7 +33,7 @@ from ..core.config import ServerConfig
 from ..core.status import Role
 from ..core.supervision import UNKNOWN_EXIT
 from ..errors import SegmentInUse
-from ..ipc.doorbell import doorbell_name
+from ..ipc.doorbell import check_private, doorbell_name, run_dir
 from ..ipc.segment import ServerSegment
 from ..ipc.shm import SHMFactory
 from .common import alive
@@ -43,6 +43,11 @@ log = logging.getLogger("server.supervisor")
 
 ADOPT = "adopt"  # the connect process's socket for a new supervisor (a doorbell's name)
 ANSWER_WITHIN = 5.0  # seconds for an orphaned connect process to answer
+
+
+def adopt_address(key: int) -> str:
+    """The ADOPT socket's path: in the doorbell folder, which must be ours alone."""
+    return os.path.join(check_private(run_dir()), doorbell_name(key, ADOPT))
 
 
 class AdoptedProcess:
@@ -122,7 +127,7 @@ def reach_connect(key: int, pid: int) -> tuple[socket.socket, socket.socket]:
     """Connect to the orphaned connect process ``pid``: our end of its new
     control socket, and the listening socket it sends first.  Raises
     ``SegmentInUse`` when it does not answer."""
-    path = doorbell_name(key, ADOPT)
+    path = adopt_address(key)
     deadline = time.monotonic() + ANSWER_WITHIN  # it looks for its supervisor once a second
     while True:
         control = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -167,7 +172,7 @@ def recv_fds_blocking(sock: socket.socket) -> tuple[bytes, list[int]]:
 def await_adopter(key: int) -> socket.socket:
     """The listening socket a new supervisor will connect to (the doorbell
     folder is ours alone; a file a killed process left there is replaced)."""
-    path = doorbell_name(key, ADOPT)
+    path = adopt_address(key)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -196,7 +201,7 @@ def accept_adopter(listening: socket.socket) -> tuple[socket.socket, int] | None
 def stop_awaiting(listening: socket.socket, key: int) -> None:
     listening.close()
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(doorbell_name(key, ADOPT))
+        os.unlink(adopt_address(key))
 
 
 def lost_supervisor(proc: Any) -> None:
