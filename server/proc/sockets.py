@@ -27,6 +27,7 @@ import socket
 import struct
 import termios
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..core.clients import Client, ClientTable
@@ -78,11 +79,9 @@ class ClientSockets:
     read_now: list[Client]  # clients read from this turn (their SO_RCVLOWAT is looked at)
     recv_size: int
     scratch: memoryview  # SCRATCH_SIZE bytes that every read goes through
+    reanchor: Callable[[Client], None]  # server.proc.replies
 
     def update_interest(self, c: Client) -> None:
-        raise NotImplementedError
-
-    def reanchor(self, c: Client) -> None:
         raise NotImplementedError
 
     def flush(self, c: Client) -> None:
