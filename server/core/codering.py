@@ -86,6 +86,16 @@ class CodeRing(RingRegion):
     def push_many(self, codes: Iterable[bytes]) -> int:
         """Append codes in order while they fit; one tail update for all.
         Returns how many were appended (the rest did not fit now)."""
+        end, count = self.stage(codes)
+        if count:
+            self._publish_tail(end, count)
+        return count
+
+    def stage(self, codes: Iterable[bytes]) -> tuple[int, int]:
+        """Write codes in order past the tail while they fit, publishing
+        nothing: returns (the tail after them, how many).  ``note_pushed``
+        and ``store_tail`` then publish them (``push_many`` in three steps,
+        for a caller with steps of its own in between: ``SharedQueue``)."""
         head, tail, used = self._used()
         room = self.capacity - used
         parts: list[bytes] = []
@@ -111,11 +121,28 @@ class CodeRing(RingRegion):
                 pos += RECORD_HEADER + n
             size += n + RECORD_HEADER
             count += 1
-        if count:
-            if parts:
-                self._write_parts(pos, parts)
-            self._publish_tail(tail + size, count)
-        return count
+        if parts:
+            self._write_parts(pos, parts)
+        return tail + size, count
+
+    def write_at(self, pos: int, blob: bytes) -> None:
+        """Write raw bytes at stream position ``pos`` (at or past the tail:
+        unpublished space), wrapping around the end."""
+        self._write(pos, blob)
+
+    def note_pushed(self, new_tail: int, count: int) -> None:
+        """The bookkeeping before publishing ``count`` staged codes."""
+        w = self._w
+        pushed = w[_PUSHED]
+        w[_PUSHED_PREV] = pushed
+        w[_PUSHED_AT] = new_tail
+        w[_PUSHED] = pushed + count
+
+    def store_tail(self, new_tail: int) -> None:
+        """The commit: the staged records become visible."""
+        if not _TSO:
+            full_fence()
+        self._w[_TAIL] = new_tail
 
     def _write_parts(self, pos: int, parts: list[bytes]) -> int:
         blob = b"".join(parts)
@@ -267,6 +294,21 @@ class CodeRing(RingRegion):
         if not head <= new_head <= tail:
             raise self._corrupt("new head", new_head, f"{head}..{tail}")
         self._publish_head(new_head, count)
+
+    def note_popped(self, new_head: int, count: int) -> None:
+        """The bookkeeping before consuming ``count`` codes ending at
+        ``new_head`` (from ``peek_many``; checked by the caller)."""
+        w = self._w
+        popped = w[_POPPED]
+        w[_POPPED_PREV] = popped
+        w[_POPPED_AT] = new_head
+        w[_POPPED] = popped + count
+
+    def store_head(self, new_head: int) -> None:
+        """The commit: the space of the consumed codes becomes free."""
+        if not _TSO:
+            full_fence()
+        self._w[_HEAD] = new_head
 
     def _publish_head(self, new_head: int, count: int) -> None:
         w = self._w
