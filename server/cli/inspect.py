@@ -14,9 +14,9 @@ from typing import Any
 
 from ..core.placed import merge_report
 from ..core.setaside import SetAsideLog
+from ..ipc.procinfo import alive
 from ..ipc.segment import KINDS
 from ..ipc.shm import SharedMemory
-from ..proc.common import alive
 
 
 def describe(shm: SharedMemory, *, set_aside: bool = False) -> dict[str, Any]:
@@ -147,6 +147,17 @@ def format_status(info: dict[str, Any]) -> str:
                 f"{name:<11} {s['pending']:>8} {s['used_bytes']:>10} {s['free_bytes']:>10} "
                 f"{s['pushed']:>10} {s['popped']:>10}"
             )
+    for name, s in info.get("shared_queues", {}).items():
+        lines += [
+            "",
+            f"shared queue {name}: {s['pending']} pending, {s['used_bytes']}/{s['capacity']} bytes "
+            f"used, pushed {s['pushed']}, popped {s['popped']}",
+            f"  push lock {s['push_lock']['state']}; pop lock {s['pop_lock']['state']}; "
+            f"dead holders repaired: push {s['repairs']['push']}, pop {s['repairs']['pop']}",
+        ]
+        for w in s["waiters"]:
+            gone = "" if w["alive"] else " (gone)"
+            lines.append(f"  slot {w['slot']}: pid {w['pid']}{gone} waits for {w['waits_for']}")
     if "connections" in info:
         lines += [
             "",

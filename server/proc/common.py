@@ -26,37 +26,14 @@ import time
 
 from ..core.status import WorkerMeter
 from ..core.supervision import describe_exit
+from ..ipc.procinfo import alive, process_state
 
 TICK = 0.5
 PARENT_ENV = "STCP_SUPERVISOR_PID"  # set by the supervisor for the workers it starts
 BEAT = 0.1  # the heartbeat thread's period
 STACK_SIGNAL = signal.SIGUSR1
 
-
-def alive(pid: int | None) -> bool:
-    """Does process ``pid`` run?  A zombie (killed, not yet reaped by its
-    parent) does not."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return process_state(pid) not in (b"", b"Z")
-
-
-def process_state(pid: int) -> bytes:
-    """The process's state letter in ``/proc/PID/stat`` (b"R", b"S", b"T",
-    b"Z"...), b"" if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return b""
-    # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ')'
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+__all__ = ["alive", "process_state"]  # here for the process modules; they live in ipc
 
 
 class Parent:
