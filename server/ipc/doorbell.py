@@ -188,6 +188,24 @@ class Doorbell:
             return False
         return True
 
+    def poke(self, address: str) -> bool | None:
+        """Ring the doorbell at ``address`` (another consumer's) with this
+        one's sender: True rung, False a poke is pending there already
+        (someone listens), None nobody listens (its consumer is gone)."""
+        sock = self._sender
+        if sock is None:
+            sock = self._sender = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+            )
+            sock.setblocking(False)
+        try:
+            sock.sendto(b"!", address)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None
+        return True
+
     def close(self) -> None:
         if self._listener is not None and self._address is not None:
             with contextlib.suppress(OSError):
