@@ -22,6 +22,10 @@ The names below are the public API::
     shm = SHMFactory.create_product(key, size)   # INIT, or RECOVER if it exists
     q = CodeQueue(shm, 1 << 16, "inbound")       # INIT formats, RECOVER keeps
     q.push(b"hello"); q.pop()                    # nothing else to call, ever
+
+    from server import SharedQueue               # many unrelated writers and readers
+    sq = SharedQueue.open(key, capacity=1 << 20) # creates or attaches, in any order
+    sq.push(b"hello", timeout=None); sq.pop(timeout=None)
 """
 
 from .core.app import Conn
@@ -48,6 +52,7 @@ from .errors import (
     ServerUnreachable,
 )
 from .ipc.codequeue import CodeQueue
+from .ipc.sharedqueue import SharedQueue
 from .ipc.shm import SharedMemory, SHMFactory
 
 __version__ = "0.1.0"
@@ -57,6 +62,7 @@ __all__ = [
     "SharedMemory",
     "StartMode",
     "CodeQueue",
+    "SharedQueue",
     "Conn",
     "ServerError",
     "SegmentError",

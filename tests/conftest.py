@@ -34,8 +34,11 @@ def remove_everything(key: int) -> None:
         seg = sysv_ipc.SharedMemory(key, 0)
         seg.remove()
         seg.detach()
-    with contextlib.suppress(sysv_ipc.ExistentialError):
-        sysv_ipc.Semaphore(key).remove()
+    from server.ipc.semlock import pop_lock_key
+
+    for sem_key in (key, pop_lock_key(key)):  # a SharedQueue's two locks
+        with contextlib.suppress(sysv_ipc.ExistentialError):
+            sysv_ipc.Semaphore(sem_key).remove()
     from server.ipc.doorbell import remove_doorbells
 
     remove_doorbells(key)  # a killed consumer leaves its doorbell's socket file

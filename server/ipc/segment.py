@@ -38,6 +38,7 @@ from ..core.status import StatusBoard
 from ..core.streams import StreamLedger
 from ..errors import ConfigError, CorruptSegment, SegmentError
 from .codequeue import CodeQueue
+from .sharedqueue import SharedQueue
 from .shm import SharedMemory, SHMFactory
 
 log = logging.getLogger("server.supervisor")
@@ -47,7 +48,15 @@ Objects = list[tuple[str, type[InSegment], int]]
 
 KINDS: dict[str, type[InSegment]] = {
     cls.KIND: cls
-    for cls in (CodeQueue, StepJournal, StatusBoard, ConnTable, SetAsideLog, StreamLedger)
+    for cls in (
+        CodeQueue,
+        StepJournal,
+        StatusBoard,
+        ConnTable,
+        SetAsideLog,
+        StreamLedger,
+        SharedQueue,
+    )
 }
 
 

@@ -1,0 +1,163 @@
+"""How the processes of a ``SharedQueue`` sleep and wake each other.
+
+The sleep rule is ``server.core.sharedring``'s: a sleeper marks its slot
+asleep under its side's lock, fences, and looks at the ring once more; a
+waker publishes, fences, and rings every marked slot not rung yet for its
+current sleep.  Doorbells are ``server.ipc.doorbell``'s, one per waiter slot
+(``stcp-k<key>-sq<slot>.sock`` in this user's private folder).  A slot that
+nobody answers for is a sleeper that was killed: its bit is cleared when
+its side's lock is free (``_clear_gone``), never waited for, since the
+waker may hold the other lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+
+from ..core.allocator import key_text
+from ..core.codering import CodeRing
+from ..core.sharedring import POP, PUSH, WAITER_SLOTS, QueueControl
+from ..errors import SegmentError
+from .doorbell import Doorbell, doorbell_name, run_dir
+from .procinfo import alive
+from .semlock import SemLock
+
+log = logging.getLogger("server.sharedqueue")
+
+SAFETY_WAKE = 0.25
+
+
+class SleepAndWake:
+    """The waiting half of ``SharedQueue`` (a mixin: it uses the queue's
+    control block, ring, locks and slot)."""
+
+    key: int
+    _pid: int
+    _ctl: QueueControl
+    _ring: CodeRing
+    _push_lock: SemLock | None
+    _pop_lock: SemLock | None
+    _slot: int | None
+    _asleep: int | None
+    _bell: Doorbell | None
+    _poker: Doorbell | None
+    _addresses: list[str]
+    _rung: dict[int, dict[int, int]]
+    _polls_logged: bool
+
+    def _lock(self, side: int, deadline: float | None) -> bool:
+        raise NotImplementedError
+
+    def _unlock(self, side: int) -> None:
+        raise NotImplementedError
+
+    def _repair(self, side: int, dead: int) -> None:
+        raise NotImplementedError
+
+    def _bell_name(self, slot: int) -> str:
+        return doorbell_name(self.key, f"sq{slot}")
+
+    # -- sleeping and waking -------------------------------------------------------------
+    def _fall_asleep(self, side: int, need: int = 0) -> bool:
+        """``side``'s lock held: mark our slot asleep, then look again (POP:
+        is the queue still empty?  PUSH: are fewer than ``need`` bytes still
+        free?).  True: sleep."""
+        if self._slot is None:
+            if not self._polls_logged:
+                self._polls_logged = True
+                log.warning(
+                    "%s: all %d waiter slots are taken by live processes; this one waits by "
+                    "sleeping in steps",
+                    key_text(self.key),
+                    WAITER_SLOTS,
+                )
+            return True
+        self._ctl.fall_asleep(side, self._slot)
+        if self._ring.empty() if side == POP else self._ring.room() < need:
+            self._asleep = side
+            return True
+        self._ctl.wake_up(side, self._slot)
+        return False
+
+    def _sleep(self, deadline: float | None) -> None:
+        now = time.monotonic()
+        left = SAFETY_WAKE if deadline is None else min(SAFETY_WAKE, deadline - now)
+        if self._bell is None:  # no slot: steps
+            time.sleep(max(0.0, min(left, 0.005)))
+            return
+        if left > 0:
+            select.select([self._bell.fileno()], [], [], left)
+        self._bell.drain()
+
+    def _wake(self, side: int, mask: int) -> None:
+        """Ring the sleepers of ``side`` (POP: those waiting for codes)."""
+        if not self._addresses:
+            folder = run_dir()
+            self._addresses = [
+                os.path.join(folder, self._bell_name(s)) for s in range(WAITER_SLOTS)
+            ]
+        poker = self._poker
+        if poker is None:
+            poker = self._poker = self._bell or Doorbell(self._bell_name(WAITER_SLOTS))
+        gone = [
+            slot
+            for slot in self._ctl.to_ring(mask, self._rung[side])
+            if poker.poke(self._addresses[slot]) is None
+        ]
+        if gone:
+            self._clear_gone(side, gone)
+
+    def _clear_gone(self, side: int, slots: list[int]) -> None:
+        """Sleepers of ``side`` nobody answers for: clear their bits if their
+        processes are gone, when that side's lock is free right now (we may
+        hold the other one: never wait for it)."""
+        lock = self._push_lock if side == PUSH else self._pop_lock
+        assert lock is not None
+        if not lock.acquire(0):
+            return
+        ctl = self._ctl
+        try:
+            dead = ctl.begin(side, self._pid)
+            if dead:
+                self._repair(side, dead)
+            for slot in slots:
+                ctl.clear_dead(side, slot, alive)
+        finally:
+            ctl.end(side)
+            lock.release()
+
+    # -- a selectors loop ------------------------------------------------------------------
+    def fileno(self) -> int:
+        """This process's doorbell, for a ``selectors`` loop: call
+        ``prepare_wait()`` before selecting on it, ``finish_wait()`` after."""
+        if self._bell is None or self._slot is None:
+            raise SegmentError(
+                f"shared queue {key_text(self.key)}: all {WAITER_SLOTS} waiter slots are taken "
+                f"by live processes, so this one has no doorbell to select on",
+                key=self.key,
+            )
+        return self._bell.fileno()
+
+    def prepare_wait(self, room: int | None = None) -> bool:
+        """About to sleep until a code is there (or, with ``room``, until
+        that many bytes are free).  False: no need, it is there already."""
+        self.fileno()
+        side = POP if room is None else PUSH
+        self._lock(side, None)
+        try:
+            if room is None:
+                return self._fall_asleep(POP)
+            return self._fall_asleep(PUSH, room)
+        finally:
+            self._unlock(side)
+
+    def finish_wait(self) -> None:
+        if self._bell is not None:
+            self._bell.drain()
+        if self._asleep is not None:
+            side = self._asleep
+            self._lock(side, None)  # clears our bit
+            self._unlock(side)
