@@ -174,3 +174,23 @@ def test_a_sleeping_reader_wakes_within_milliseconds(key: int) -> None:
 def test_unknown_crash_point_is_an_error(key: int) -> None:
     done = run(key, "pass", crash="push.nowhere")
     assert done.returncode == 1 and "no crash point 'push.nowhere'" in done.stderr
+
+
+def test_clean_removes_the_queue_and_both_locks(key: int) -> None:
+    import sysv_ipc
+
+    from server.ipc.semlock import lock_exists, pop_lock_key
+
+    with SharedQueue.open(key, 4096) as q:
+        q.push(b"x")
+    assert lock_exists(key) and lock_exists(pop_lock_key(key))
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "clean", "--key", hex(key)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not lock_exists(key) and not lock_exists(pop_lock_key(key))
+    with pytest.raises(sysv_ipc.ExistentialError):
+        sysv_ipc.SharedMemory(key, 0)

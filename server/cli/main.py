@@ -102,7 +102,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
         if foreign is not None:
             print(f"segment 0x{args.key:08x} is not one of ours ({foreign}); --force: removing it")
     try:
-        removed = SHMFactory.remove(args.key)
+        if _is_shared_queue(args.key):
+            from ..ipc.sharedqueue import SharedQueue
+
+            removed = SharedQueue.remove(args.key)  # its two semaphores and doorbells too
+        else:
+            removed = SHMFactory.remove(args.key)
     except SegmentInUse as err:
         attached = err.attached
         raise SegmentInUse(
@@ -117,6 +122,17 @@ def cmd_clean(args: argparse.Namespace) -> int:
     else:
         print(f"no segment 0x{args.key:08x}: nothing to do")
     return EXIT_OK
+
+
+def _is_shared_queue(key: int) -> bool:
+    """Is segment ``key`` a SharedQueue's (whose semaphores go with it)?"""
+    if not SHMFactory.exists(key) or SHMFactory.identify(key) is not None:
+        return False
+    try:
+        with SHMFactory.attach(key) as shm:
+            return any(p.kind == "SharedQueue" for p in shm.placements())
+    except (CorruptSegment, SegmentError):
+        return False
 
 
 # -- run, worker, client ---------------------------------------------------------------
