@@ -176,17 +176,7 @@ class Doorbell:
     # -- producer side ---------------------------------------------------------
     def ring(self) -> bool:
         """Poke the consumer; False if nobody listens or a poke is pending."""
-        sock = self._sender
-        if sock is None:
-            sock = self._sender = socket.socket(
-                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-            )
-            sock.setblocking(False)
-        try:
-            sock.sendto(b"!", self.address)
-        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError, InterruptedError):
-            return False
-        return True
+        return self.poke(self.address) is True
 
     def poke(self, address: str) -> bool | None:
         """Ring the doorbell at ``address`` (another consumer's) with this

@@ -38,6 +38,7 @@ import sysv_ipc
 
 from ..core.allocator import key_text
 from ..errors import SegmentError, SegmentPermissionError
+from .shm import owner_problem
 
 log = logging.getLogger("server.sharedqueue")
 
@@ -109,7 +110,9 @@ class SemLock:
                     f"pick another key",
                     key=key,
                 ) from None
-            _check_owner(sem, key)
+            problem = owner_problem(sem, key, "semaphore", "anyone could take or block it", "-S")
+            if problem is not None:
+                raise problem
             return cls(sem, what), False
         raise SegmentError(
             f"semaphore {key_text(key)} kept appearing and vanishing; is another program "
@@ -199,26 +202,6 @@ class SemLock:
     def remove(self) -> None:
         with contextlib.suppress(sysv_ipc.ExistentialError):
             self._sem.remove()
-
-
-def _check_owner(sem: Any, key: int) -> None:
-    if sem.uid != os.geteuid():
-        raise SegmentPermissionError(
-            f"semaphore {key_text(key)} belongs to uid {sem.uid}, not to us (uid {os.geteuid()}); "
-            f"refusing to use it, pick another key",
-            key=key,
-            found=sem.uid,
-            expected=os.geteuid(),
-        )
-    mode = sem.mode & 0o777
-    if mode & 0o077:
-        raise SegmentPermissionError(
-            f"semaphore {key_text(key)} has mode {mode:04o}: another user could take or block "
-            f"it; refusing it (remove it with ipcrm -S {key}, or pick another key)",
-            key=key,
-            found=mode,
-            expected=MODE,
-        )
 
 
 def remove_lock(key: int) -> bool:

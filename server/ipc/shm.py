@@ -250,6 +250,32 @@ def _create(key: int, size: int) -> Any:
         ) from None
 
 
+def owner_problem(
+    obj: Any, key: int, noun: str, risk: str, ipcrm: str
+) -> SegmentPermissionError | None:
+    """Why we refuse an existing System V object (a segment, a semaphore):
+    another user owns it, or group or other may use it (``risk``: what they
+    could do).  None: it is ours and private."""
+    if obj.uid != os.geteuid():
+        return SegmentPermissionError(
+            f"{noun} {key_text(key)} belongs to uid {obj.uid}, not to us (uid "
+            f"{os.geteuid()}); refusing to use it, pick another key",
+            key=key,
+            found=obj.uid,
+            expected=os.geteuid(),
+        )
+    mode = obj.mode & 0o777
+    if mode & 0o077:
+        return SegmentPermissionError(
+            f"{noun} {key_text(key)} has mode {mode:04o}: group or other may use it, so "
+            f"{risk}; refusing it (remove it with ipcrm {ipcrm} {key}, or pick another key)",
+            key=key,
+            found=mode,
+            expected=MODE,
+        )
+    return None
+
+
 def _attach(key: int) -> Any:
     """Attach to an existing segment after checking who may use it; None if
     there is none."""
@@ -263,26 +289,10 @@ def _attach(key: int) -> Any:
             f"pick another key",
             key=key,
         ) from None
-    if seg.uid != os.geteuid():
+    problem = owner_problem(seg, key, "segment", "anyone could inject codes", "-M")
+    if problem is not None:
         seg.detach()
-        raise SegmentPermissionError(
-            f"segment {key_text(key)} belongs to uid {seg.uid}, not to us (uid "
-            f"{os.geteuid()}); refusing to use it, pick another key",
-            key=key,
-            found=seg.uid,
-            expected=os.geteuid(),
-        )
-    mode = seg.mode & 0o777
-    if mode & 0o077:
-        seg.detach()
-        raise SegmentPermissionError(
-            f"segment {key_text(key)} has mode {mode:04o}: group or other may use it, so "
-            f"anyone could inject codes; refusing it (remove it with ipcrm -M {key}, or pick "
-            f"another key)",
-            key=key,
-            found=mode,
-            expected=MODE,
-        )
+        raise problem
     return seg
 
 
