@@ -122,14 +122,19 @@ class SemLock:
 
     # -- taking and giving back --------------------------------------------------------
     def acquire(self, timeout: float | None = None) -> bool:
+        if self.try_acquire():
+            return True
+        return self._wait(timeout)
+
+    def try_acquire(self) -> bool:
+        """Take it if it is free right now; never waits."""
         try:
             self._try(0)
             return True
         except sysv_ipc.BusyError:
-            pass
+            return False
         except sysv_ipc.ExistentialError:
             raise self._removed() from None
-        return self._wait(timeout)
 
     def _wait(self, timeout: float | None) -> bool:
         start = time.monotonic()

@@ -66,6 +66,7 @@ from .procinfo import alive
 from .semlock import SemLock, pop_lock_key, remove_lock
 from .shm import SharedMemory, SHMFactory
 from .sqfacts import QueueFacts, refuse_capacity_change
+from .sqlocks import TwoLocks
 from .sqwaiting import SleepAndWake
 
 __all__ = ["SharedQueue", "pop_lock_key", "CRASH_POINTS"]
@@ -80,7 +81,6 @@ NAME = "sharedqueue"
 CRASH_POINTS = tuple(
     f"push.{p}" for p in ("locked", "copying", "copied", "counted", "published", "unlocking")
 ) + tuple(f"pop.{p}" for p in ("locked", "copied", "counted", "published", "unlocking"))
-_SIDE = {PUSH: "push", POP: "pop"}
 
 
 def segment_size(capacity: int) -> int:
@@ -91,7 +91,7 @@ def _layout(capacity: int) -> list[tuple[str, str, int]]:
     return [(NAME, SharedQueue.KIND, shared_region_size(capacity))]
 
 
-class SharedQueue(SleepAndWake, QueueFacts, InSegment):
+class SharedQueue(TwoLocks, SleepAndWake, QueueFacts, InSegment):
     """A many-writer, many-reader queue of codes (see the module docstring)."""
 
     KIND = "SharedQueue"
@@ -143,6 +143,8 @@ class SharedQueue(SleepAndWake, QueueFacts, InSegment):
         self._push_lock = push_lock
         self._pop_lock = pop_lock
         self._crash = crash
+        self._quick = crash is None and push_lock is not None  # no crash points: flat paths
+        self._spin_misses = 0
         if crash is not None:
             crash.before_kill = self._half_done
         self._slot: int | None = None
@@ -188,6 +190,18 @@ class SharedQueue(SleepAndWake, QueueFacts, InSegment):
     def push(self, data: bytes, timeout: float | None = None) -> bool:
         """Queue one code; waits while the queue is full.  False at the
         timeout.  ``CodeTooLarge`` for a code that can never fit."""
+        if self._quick and self._take(PUSH):  # the common case, flat
+            try:
+                done = self._ring.push(data)
+                if done:
+                    full_fence()  # the tail before the sleepers: the sleep rule
+                    mask = self._ctl.sleepers(POP)
+                    if mask:
+                        self._wake(POP, mask)
+            finally:
+                self._unlock(PUSH)
+            if done or timeout == 0:
+                return done
         return self._push((data,), timeout) == 1
 
     def push_many(self, codes: Iterable[bytes], timeout: float | None = None) -> int:
@@ -201,10 +215,11 @@ class SharedQueue(SleepAndWake, QueueFacts, InSegment):
         deadline = None if timeout is None else time.monotonic() + timeout
         ring, crash = self._ring, self._crash
         done = 0
+        spun = False
         while True:
             if not self._lock(PUSH, deadline):
                 return done
-            sleep = False
+            sleep = spin = False
             try:
                 if crash is not None:
                     crash.hit("push.locked")
@@ -225,19 +240,37 @@ class SharedQueue(SleepAndWake, QueueFacts, InSegment):
                     if mask:
                         self._wake(POP, mask)
                     done += n
-                if done < len(codes) and not _passed(deadline):
-                    need = len(codes[done]) + RECORD_HEADER
-                    sleep = self._fall_asleep(PUSH, need)
+                need = len(codes[done]) + RECORD_HEADER if done < len(codes) else 0
+                if need and not _passed(deadline):
+                    spin = not spun
+                    sleep = spun and self._fall_asleep(PUSH, need)
             finally:
                 self._unlock(PUSH)
+            if spin:
+                spun = True
+                self._spin(PUSH, need)
+                continue
             if done == len(codes) or (not sleep and _passed(deadline)):
                 return done
             self._sleep(deadline)
+            spun = False
 
     # -- popping ---------------------------------------------------------------------
     def pop(self, timeout: float | None = None) -> bytes | None:
         """Take the oldest code; waits while the queue is empty.  None at
         the timeout."""
+        if self._quick and self._take(POP):  # the common case, flat
+            try:
+                code = self._ring.pop()
+                if code is not None:
+                    full_fence()  # the head before the sleepers
+                    mask = self._ctl.sleepers(PUSH)
+                    if mask:
+                        self._wake(PUSH, mask)
+            finally:
+                self._unlock(POP)
+            if code is not None or timeout == 0:
+                return code
         out = self._pop(1, 1, timeout)
         return out[0] if out else None
 
@@ -251,10 +284,11 @@ class SharedQueue(SleepAndWake, QueueFacts, InSegment):
     def _pop(self, max_codes: int, max_bytes: int, timeout: float | None) -> list[bytes]:
         deadline = None if timeout is None else time.monotonic() + timeout
         ring, crash = self._ring, self._crash
+        spun = False
         while True:
             if not self._lock(POP, deadline):
                 return []
-            sleep = False
+            sleep = spin = False
             try:
                 if crash is not None:
                     crash.hit("pop.locked")
@@ -274,59 +308,18 @@ class SharedQueue(SleepAndWake, QueueFacts, InSegment):
                         self._wake(PUSH, mask)
                     return out
                 if not _passed(deadline):
-                    sleep = self._fall_asleep(POP)
+                    spin = not spun
+                    sleep = spun and self._fall_asleep(POP)
             finally:
                 self._unlock(POP)
+            if spin:
+                spun = True
+                self._spin(POP)
+                continue
             if not sleep and _passed(deadline):
                 return []
             self._sleep(deadline)
-
-    # -- the locks ---------------------------------------------------------------------
-    def _lock(self, side: int, deadline: float | None) -> bool:
-        lock = self._push_lock if side == PUSH else self._pop_lock
-        if lock is None:
-            raise ValueError("an observer's view of a shared queue cannot push or pop")
-        # Even a try-once call waits its turn for the lock (held for
-        # microseconds), up to a second: a timeout is about room and codes.
-        timeout = None if deadline is None else max(deadline - time.monotonic(), 1.0)
-        if not lock.acquire(timeout):
-            return False
-        ctl = self._ctl
-        dead = ctl.begin(side, self._pid)
-        if dead:
-            self._repair(side, dead)
-        if self._asleep == side:
-            assert self._slot is not None
-            ctl.wake_up(side, self._slot)
-            self._asleep = None
-        return True
-
-    def _unlock(self, side: int) -> None:
-        self._ctl.end(side)
-        if self._crash is not None:
-            self._crash.hit(f"{_SIDE[side]}.unlocking")
-        lock = self._push_lock if side == PUSH else self._pop_lock
-        assert lock is not None
-        lock.release()
-
-    def _repair(self, side: int, dead: int) -> None:
-        """The lock rule: the last holder of ``side`` died holding it."""
-        if side == PUSH:
-            self._ring.recover_producer()
-        else:
-            self._ring.recover_consumer()
-        log.warning(
-            "%s: pid %d died holding the %s lock (the kernel gave it back); its counts "
-            "repaired, every sleeper woken",
-            key_text(self.key),
-            dead,
-            _SIDE[side],
-        )
-        other = POP if side == PUSH else PUSH
-        self._rung[other].clear()
-        mask = self._ctl.sleepers(other)
-        if mask:
-            self._wake(other, mask)
+            spun = False
 
     def _half_done(self, point: str) -> None:
         """Crash point ``push.copying``: leave half a record past the tail."""

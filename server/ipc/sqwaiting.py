@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import time
+from typing import TYPE_CHECKING
 
 from ..core.allocator import key_text
 from ..core.codering import CodeRing
@@ -28,6 +29,8 @@ from .semlock import SemLock
 log = logging.getLogger("server.sharedqueue")
 
 SAFETY_WAKE = 0.25
+SPIN = 50e-6  # how long a waiter watches the ring before it sleeps
+SPIN_GIVE_UP = 4  # fruitless spins in a row, then only every 16th sleep spins first
 
 
 class SleepAndWake:
@@ -47,15 +50,15 @@ class SleepAndWake:
     _addresses: list[str]
     _rung: dict[int, dict[int, int]]
     _polls_logged: bool
+    _spin_misses: int
 
-    def _lock(self, side: int, deadline: float | None) -> bool:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # TwoLocks', before us in the queue's bases
 
-    def _unlock(self, side: int) -> None:
-        raise NotImplementedError
+        def _lock(self, side: int, deadline: float | None) -> bool: ...
 
-    def _repair(self, side: int, dead: int) -> None:
-        raise NotImplementedError
+        def _unlock(self, side: int) -> None: ...
+
+        def _repair(self, side: int, dead: int) -> None: ...
 
     def _bell_name(self, slot: int) -> str:
         return doorbell_name(self.key, f"sq{slot}")
@@ -81,6 +84,28 @@ class SleepAndWake:
             return True
         self._ctl.wake_up(side, self._slot)
         return False
+
+    def _spin(self, side: int, need: int = 0) -> bool:
+        """No lock held, about to sleep: watch the ring for up to SPIN,
+        giving the core away between looks (the peer may need it: two
+        cores, several processes).  True: what we wait for came (POP:
+        codes; PUSH: ``need`` bytes of room).  A sleep costs a wake-up
+        on each side, tens of µs; a spin pays when the answer is near."""
+        misses = self._spin_misses
+        if misses >= SPIN_GIVE_UP and misses % 16:
+            self._spin_misses = misses + 1
+            return False
+        ring = self._ring
+        clock = time.perf_counter
+        end = clock() + SPIN
+        while True:
+            if (not ring.empty()) if side == POP else ring.room() >= need:
+                self._spin_misses = 0
+                return True
+            if clock() >= end:
+                self._spin_misses = misses + 1
+                return False
+            os.sched_yield()
 
     def _sleep(self, deadline: float | None) -> None:
         now = time.monotonic()
