@@ -10,7 +10,8 @@ for longer than its exit takes; what it left half done is the caller's to
 repair (``server.core.sharedring``: the lock rule).
 
 Taking it: one ``semop(-1, IPC_NOWAIT | SEM_UNDO)`` through ``sysv_ipc``
-(about half a microsecond); only when it is busy, a bounded wait.  The
+(a quarter of a microsecond; ``block = False``: this build's
+``acquire(0)`` would wait); only when it is busy, a bounded wait.  The
 ``sysv_ipc`` build here has no ``semtimedop`` (``SEMAPHORE_TIMEOUT_SUPPORTED``
 is False: ``acquire(timeout)`` would block for ever), so the bounded wait
 calls ``semtimedop(2)`` from the C library through ``ctypes``, in slices of
@@ -82,6 +83,10 @@ class SemLock:
     def __init__(self, sem: Any, what: str, holder: Callable[[], str] | None = None) -> None:
         self._sem = sem
         sem.undo = True
+        # IPC_NOWAIT on every semop: sysv_ipc's acquire(0) still blocks
+        # when its build lacks semtimedop; only ``block = False`` makes
+        # acquire() a try.  Waiting is _wait's, through semtimedop.
+        sem.block = False
         self.what = what
         self.key = sem.key & 0xFFFFFFFF
         self.holder = holder or (lambda: "unknown")
@@ -129,7 +134,7 @@ class SemLock:
     def try_acquire(self) -> bool:
         """Take it if it is free right now; never waits."""
         try:
-            self._try(0)
+            self._try()
             return True
         except sysv_ipc.BusyError:
             return False

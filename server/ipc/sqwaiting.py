@@ -141,7 +141,7 @@ class SleepAndWake:
         hold the other one: never wait for it)."""
         lock = self._push_lock if side == PUSH else self._pop_lock
         assert lock is not None
-        if not lock.acquire(0):
+        if not lock.try_acquire():
             return
         ctl = self._ctl
         try:
