@@ -112,9 +112,11 @@ class Child:
         *,
         relay: bool = True,
         tidy: Callable[[str], str] = str,
+        env: dict[str, str] | None = None,
     ) -> None:
         """``relay=False`` shows only the lines ``expect`` matches; ``tidy``
-        rewrites each line before it is matched and shown."""
+        rewrites each line before it is matched and shown; ``env``: variables
+        to add to the child's environment."""
         self.label = label
         self.relay_lines = relay
         self.tidy = tidy
@@ -124,6 +126,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         background(self._read)

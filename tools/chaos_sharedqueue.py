@@ -8,7 +8,7 @@ It starts ``--writers`` writer and ``--readers`` reader programs
 key, and then, until ``--kills`` of them have died, ``SIGKILL``s a random one
 every 20-150 ms, or restarts one with a crash point armed
 (``STCP_CRASH_AT=push.copied:37``: it kills itself there, holding the lock),
-half and half.  Every dead one is started again at once, as a new
+half and half, the points in turn; it goes on until every point was hit.  Every dead one is started again at once, as a new
 incarnation.  Then it stops the writers, lets the readers drain the queue,
 and checks the logs (``verify``):
 
@@ -21,6 +21,8 @@ and checks the logs (``verify``):
   killed at a crash point before publishing never has its code read, and
   one killed after publishing always does;
 * each reader saw each writer's codes in order;
+* the queue's counters (pushed, popped: repaired after every death
+  inside the lock) agree with what was read;
 * nobody waited a second or more for a lock.
 
 Exit status 1 when a check fails.  Every run is bounded in time.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import json
 import os
 import random
 import signal
@@ -49,7 +52,8 @@ from tools.sq_workers import MAX_BATCH, READ, SEQ
 PUSH_POINTS = [p for p in CRASH_POINTS if p.startswith("push.")]
 POP_POINTS = [p for p in CRASH_POINTS if p.startswith("pop.")]
 UNPUBLISHED = {"push.locked", "push.copying", "push.copied", "push.counted"}
-PUBLISHED = {"push.published", "push.unlocking"}
+# push.unlocking is also passed by a push that found no room and published nothing
+PUBLISHED = {"push.published"}
 LOSING = {"killed", "pop.published", "pop.unlocking"}  # a reader's deaths that may lose a code
 ARMED_PATIENCE = 10.0  # an armed worker that never reaches its point is killed after this
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,6 +79,10 @@ class Chaos:
     rng: random.Random
     workers: list[Worker]
     deaths: collections.Counter[str] = field(default_factory=collections.Counter)
+    turns: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def points_missed(self) -> list[str]:
+        return [p for p in CRASH_POINTS if not self.deaths[p]]
 
     def start(self, w: Worker, point: str = "") -> None:
         w.inc += 1
@@ -127,7 +135,7 @@ def run(
         for w in pool:
             chaos.start(w)
         next_kill = time.monotonic() + rng.uniform(0.02, 0.15)
-        while chaos.dead < kills:
+        while chaos.dead < kills or chaos.points_missed():
             if time.monotonic() > deadline:
                 raise AssertionError(f"only {chaos.dead} of {kills} kills in {limit} s")
             time.sleep(0.005)
@@ -156,7 +164,7 @@ def run(
                 chaos.reap(w, "killed")
                 chaos.start(w)
         _stop(chaos, observer, deadline)
-        report = verify(folder, pool, chaos.deaths)
+        report = verify(folder, pool, chaos.deaths, observer.stats())
     finally:
         for w in pool:
             if w.proc is not None and w.proc.poll() is None:
@@ -171,12 +179,18 @@ def run(
 
 def _arm(chaos: Chaos, kills: int, w: Worker) -> str:
     """A crash point for the next incarnation, while fewer than half of
-    the deaths so far were at one."""
+    the deaths so far were at one, or one of its role's was never hit:
+    its role's points in turn, so a short run hits every one."""
     at_points = sum(n for how, n in chaos.deaths.items() if "." in how)
-    armed_now = sum(1 for x in chaos.workers if x.armed)
-    if at_points + armed_now >= kills // 2 or chaos.dead + armed_now >= kills:
+    armed = [x.armed for x in chaos.workers if x.armed]
+    points = PUSH_POINTS if w.role == "writer" else POP_POINTS
+    todo = [p for p in points if not chaos.deaths[p] and p not in armed]
+    if todo:
+        return todo[0]
+    if at_points + len(armed) >= kills // 2 or chaos.dead + len(armed) >= kills:
         return ""
-    return chaos.rng.choice(PUSH_POINTS if w.role == "writer" else POP_POINTS)
+    cycle = chaos.turns[w.role] = chaos.turns[w.role] + 1
+    return points[cycle % len(points)]
 
 
 def _stop(chaos: Chaos, observer: SharedQueue, deadline: float) -> None:
@@ -213,8 +227,18 @@ def _records(path: str, record: Any) -> list[Any]:
     return [record.unpack_from(blob, i) for i in range(0, whole, record.size)]
 
 
-def verify(folder: str, workers: list[Worker], deaths: collections.Counter[str]) -> dict[str, Any]:
+def verify(
+    folder: str,
+    workers: list[Worker],
+    deaths: collections.Counter[str],
+    counts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Check the logs (and, given the queue's ``stats()`` after the readers
+    drained it, its code counters): the report."""
     problems: list[str] = []
+    notes: list[str] = []
+    with open(os.path.join(folder, "ends.json"), "w") as f:  # for a post-mortem
+        json.dump({f"{w.role}{w.ident}": w.ends for w in workers}, f)
     if os.path.exists(os.path.join(folder, "torn")):
         with open(os.path.join(folder, "torn")) as f:
             problems.append(f.read().strip())
@@ -237,7 +261,10 @@ def verify(folder: str, workers: list[Worker], deaths: collections.Counter[str])
         if logged != list(range(len(logged))):
             problems.append(f"writer {ident}.{inc}'s log is not 0, 1, 2, ...")
         m = len(logged)
-        missing += sum(1 for s in logged if (ident, inc, s) not in seen)
+        lost = [s for s in logged if (ident, inc, s) not in seen]
+        if lost:
+            notes.append(f"writer {ident}.{inc} ({how}): logged {lost} never read")
+        missing += len(lost)
         extra = sorted(s for (w, i, s) in seen if (w, i) == (ident, inc) and s >= m)
         unlogged += len(extra)
         if how in UNPUBLISHED or how == "clean":
@@ -246,8 +273,11 @@ def verify(folder: str, workers: list[Worker], deaths: collections.Counter[str])
         elif how in PUBLISHED:
             if not extra:
                 missing += 1  # published, then taken by a reader that died: counted below
+                notes.append(f"writer {ident}.{inc} ({how}): its published {m} never read")
             elif extra != [m]:
                 problems.append(f"writer {ident}.{inc} died at {how}: read {extra}, not [{m}]")
+        elif how == "push.unlocking" and extra not in ([], [m]):
+            problems.append(f"writer {ident}.{inc} died at {how}: read {extra}, not [] or [{m}]")
         elif extra != list(range(m, m + len(extra))) or len(extra) > MAX_BATCH:
             problems.append(f"writer {ident}.{inc} ({how}): codes {extra} read, never pushed")
     reader_deaths = sum(  # the deaths that may lose the code just taken
@@ -257,6 +287,14 @@ def verify(folder: str, workers: list[Worker], deaths: collections.Counter[str])
         problems.append(
             f"{missing} pushed codes never read, with only {reader_deaths} reader deaths"
         )
+    read = sum(seen.values())
+    if counts is not None:  # the counters repaired after every death are exact
+        pushed, popped = counts["pushed"], counts["popped"]
+        if pushed != popped or not read + missing <= pushed <= read + reader_deaths:
+            problems.append(
+                f"the queue counted {pushed} pushed and {popped} popped; {read} were read and "
+                f"{missing} lost, with {reader_deaths} reader deaths"
+            )
     waits = []
     for path in glob.glob(os.path.join(folder, "*.wait")):
         with open(path) as f:
@@ -267,8 +305,10 @@ def verify(folder: str, workers: list[Worker], deaths: collections.Counter[str])
     return {
         "ok": not problems,
         "problems": problems,
+        "notes": notes,
         "deaths": dict(deaths),
-        "codes_read": sum(seen.values()),
+        "codes_read": read,
+        "counted": None if counts is None else (counts["pushed"], counts["popped"]),
         "lost_to_reader_deaths": missing,
         "pushed_not_logged": unlogged,
         "longest_lock_wait_s": longest,

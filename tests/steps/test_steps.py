@@ -22,6 +22,8 @@ import pytest
 import sysv_ipc
 import transcript
 
+from server.ipc.semlock import pop_lock_key
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -54,6 +56,7 @@ INTERRUPT_AFTER = {
     "step07_recovery_modes": "[worker #1] stuck",
     "step08_heartbeat": "working on a request of 2 s",
     "step09_chat_room": "Three users join",
+    "step10_many_writers": "[writer B] pushed B1",
     "step12_keep_connections": "answered 'line 1'",
 }
 
@@ -112,6 +115,10 @@ def test_step_interrupted(step: str) -> None:
         with pytest.raises(sysv_ipc.ExistentialError):
             sysv_ipc.SharedMemory(key, 0)
             pytest.fail(f"segment {key:#010x} was left behind:\n{output}{errors}")
+        for sem_key in (key, pop_lock_key(key)):  # a shared queue's two locks
+            with pytest.raises(sysv_ipc.ExistentialError):
+                sysv_ipc.Semaphore(sem_key)
+                pytest.fail(f"semaphore {sem_key:#010x} was left behind:\n{output}{errors}")
     for port in ports:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
