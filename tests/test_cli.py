@@ -88,6 +88,20 @@ def test_clean_leaves_other_programs_segments_alone(key: int) -> None:
     assert not SHMFactory.exists(key)
 
 
+def test_clean_removes_a_shared_queues_locks_left_without_their_segment(key: int) -> None:
+    from server import SharedQueue
+    from server.ipc.semlock import lock_exists, pop_lock_key
+
+    SharedQueue.open(key, 4096).close()
+    sysv_ipc.SharedMemory(key, 0).remove()  # an ipcrm -m: the semaphores stay
+    assert lock_exists(key) and lock_exists(pop_lock_key(key))
+    result = run("clean", "--key", hex(key))
+    assert result.returncode == 0, result.stderr
+    assert "two semaphores of a shared queue" in result.stdout
+    assert not lock_exists(key) and not lock_exists(pop_lock_key(key))
+    assert "nothing to do" in run("clean", "--key", hex(key)).stdout
+
+
 def test_the_first_things_a_newcomer_types() -> None:
     bare = run()
     assert bare.returncode == 2 and "Examples:" in bare.stdout and "worker" not in bare.stdout

@@ -208,7 +208,7 @@ def _stop(chaos: Chaos, observer: SharedQueue, deadline: float) -> None:
     )
     for w in writers:
         chaos.reap(w, "stopped")
-    wait_for("the readers to drain the queue", lambda: len(observer) == 0)
+    wait_for("the readers to drain the queue", lambda: observer.stats()["used_bytes"] == 0)
     open(os.path.join(chaos.folder, "readers.stop"), "w").close()
     wait_for(
         "the readers to stop", lambda: all(w.proc and w.proc.poll() is not None for w in readers)

@@ -119,9 +119,26 @@ def cmd_clean(args: argparse.Namespace) -> int:
         ) from None
     if removed:
         print(f"removed segment 0x{args.key:08x}")
+    elif _remove_orphan_locks(args.key):
+        print(
+            f"no segment 0x{args.key:08x}, but the two semaphores of a shared queue by that key "
+            f"were left (its segment was removed without them): removed them"
+        )
     else:
         print(f"no segment 0x{args.key:08x}: nothing to do")
     return EXIT_OK
+
+
+def _remove_orphan_locks(key: int) -> bool:
+    """A shared queue's push and pop locks, left without their segment
+    (an ``ipcrm -m``, or an opener killed before it made the segment).
+    Both must be there: one semaphore alone by that key may be anyone's."""
+    from ..ipc.semlock import lock_exists, pop_lock_key, remove_lock
+
+    pop_key = pop_lock_key(key)
+    if not (lock_exists(key) and lock_exists(pop_key)):
+        return False
+    return remove_lock(key) | remove_lock(pop_key)
 
 
 def _is_shared_queue(key: int) -> bool:
