@@ -14,24 +14,18 @@ import logging
 from typing import Any
 
 from ..core.allocator import key_text
-from ..core.codering import CodeRing
-from ..core.sharedring import POP, PUSH, QueueControl, shared_region_size
+from ..core.sharedring import POP, PUSH, shared_region_size
 from ..errors import ConfigError, CorruptSegment, SegmentError
 from .procinfo import alive
 from .semlock import SemLock, lock_exists, pop_lock_key
 from .shm import SHMFactory
+from .sqlocks import QueueParts
 
 log = logging.getLogger("server.sharedqueue")
 
 
-class QueueFacts:
+class QueueFacts(QueueParts):
     """The facts half of ``SharedQueue`` (a mixin)."""
-
-    key: int
-    _ctl: QueueControl
-    _ring: CodeRing
-    _push_lock: SemLock | None
-    _pop_lock: SemLock | None
 
     def stats(self) -> dict[str, Any]:
         """The ring's counts (capacity, used_bytes, free_bytes, pending,

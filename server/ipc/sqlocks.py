@@ -32,9 +32,9 @@ SIDE_NAMES = {PUSH: "push", POP: "pop"}
 LOCK_SPIN = 50e-6  # how long a busy lock is watched before sleeping in the kernel for it
 
 
-class TwoLocks:
-    """The locking half of ``SharedQueue`` (a mixin: it uses the queue's
-    control block, ring, locks and waiter slot)."""
+class QueueParts:
+    """What the halves of ``SharedQueue`` (its mixins) share, declared once:
+    ``SharedQueue.__init__`` sets them."""
 
     key: int
     _pid: int
@@ -44,8 +44,12 @@ class TwoLocks:
     _pop_lock: SemLock | None
     _crash: CrashPoints | None
     _slot: int | None
-    _asleep: int | None
+    _asleep: int | None  # the side whose sleeper mask holds our bit
     _rung: dict[int, dict[int, int]]
+
+
+class TwoLocks(QueueParts):
+    """The locking half of ``SharedQueue`` (a mixin)."""
 
     if TYPE_CHECKING:  # SleepAndWake's, after us in the queue's bases
 

@@ -19,12 +19,11 @@ import time
 from typing import TYPE_CHECKING
 
 from ..core.allocator import key_text
-from ..core.codering import CodeRing
-from ..core.sharedring import POP, PUSH, WAITER_SLOTS, QueueControl
+from ..core.sharedring import POP, PUSH, WAITER_SLOTS
 from ..errors import SegmentError
 from .doorbell import Doorbell, doorbell_name, run_dir
 from .procinfo import alive
-from .semlock import SemLock
+from .sqlocks import QueueParts
 
 log = logging.getLogger("server.sharedqueue")
 
@@ -33,22 +32,12 @@ SPIN = 50e-6  # how long a waiter watches the ring before it sleeps
 SPIN_GIVE_UP = 4  # fruitless spins in a row, then only every 16th sleep spins first
 
 
-class SleepAndWake:
-    """The waiting half of ``SharedQueue`` (a mixin: it uses the queue's
-    control block, ring, locks and slot)."""
+class SleepAndWake(QueueParts):
+    """The waiting half of ``SharedQueue`` (a mixin)."""
 
-    key: int
-    _pid: int
-    _ctl: QueueControl
-    _ring: CodeRing
-    _push_lock: SemLock | None
-    _pop_lock: SemLock | None
-    _slot: int | None
-    _asleep: int | None
     _bell: Doorbell | None
     _poker: Doorbell | None
     _addresses: list[str]
-    _rung: dict[int, dict[int, int]]
     _polls_logged: bool
     _spin_misses: int
 
