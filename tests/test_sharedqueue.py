@@ -52,6 +52,41 @@ def test_sleepers_are_rung_once_per_sleep() -> None:
     assert ctl.sleepers(PUSH) == 0
 
 
+class _Watched:
+    """Words that let a waker look after every single store."""
+
+    def __init__(self, words: memoryview, look: object) -> None:
+        self.words, self.look = words, look
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.words[i])
+
+    def __setitem__(self, i: int, value: int) -> None:
+        self.words[i] = value
+        self.look()  # type: ignore[operator]
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+def test_a_waker_between_any_two_stores_of_a_sleep_never_skips_it() -> None:
+    ctl, _ = control()
+    rung: dict[int, int] = {}
+    ctl.fall_asleep(POP, 3)
+    assert list(ctl.to_ring(ctl.sleepers(POP), rung)) == [3]  # the first sleep, rung
+    ctl.wake_up(POP, 3)
+    missed = []
+
+    def look() -> None:  # a waker that reads the block right now
+        mask = ctl.sleepers(POP)
+        if mask and not list(ctl.to_ring(mask, dict(rung))):
+            missed.append(mask)
+
+    ctl._w = _Watched(ctl._w, look)  # type: ignore[assignment]
+    ctl.fall_asleep(POP, 3)  # the second sleep
+    assert missed == [], "a waker saw the bit with the seq of the sleep it had rung"
+
+
 def test_claiming_a_dead_slot_clears_its_bits() -> None:
     ctl, _ = control()
     assert ctl.claim_slot(10, lambda pid: True) == 0

@@ -42,14 +42,17 @@ The sleep rule (Dekker's, with the fences of ``server.core.ring``)::
 
     sleeping reader, pop lock held          writer, push lock held
     ------------------------------          ----------------------
-    set my bit in readers_asleep            publish the tail
-    seq += 1                                full fence
+    seq += 1, full fence                    publish the tail
+    set my bit in readers_asleep            full fence
     full fence                              read readers_asleep: ring every
     tail still == head? release, sleep      set bit not yet rung for its seq
     otherwise clear my bit, pop
 
 Either the writer sees the bit, or the reader sees the tail: no wake-up is
-lost, and no grace period is needed.  Waiting for room is the same with
+lost, and no grace period is needed.  The seq goes up *before* the bit is
+set: a waker that saw the bit with the seq of the sleep before, which it
+rang already, would skip this one (the writer reads the bit between the
+sleeper's two stores), and the sleeper would wait for a safety wake-up.  Waiting for room is the same with
 ``writers_asleep``, the push lock, and the head.  A sleeper clears its bit
 under its lock when it wakes.  One killed asleep leaves its bit set (the
 trap of a flag left by a dead process): waking it finds nobody listening,
@@ -153,9 +156,12 @@ class QueueControl:
         for room).  The caller then fences and looks at the ring again."""
         w = self._w
         mask = _READERS if side == POP else _WRITERS
-        w[mask] |= 1 << slot
         seq = _SLOT0 + SLOT_WORDS * slot + 1
+        # The new seq before the bit: a waker that sees the bit must see the
+        # seq of this sleep, or it takes it for one it rang and skips it.
         w[seq] += 1
+        full_fence()
+        w[mask] |= 1 << slot
         full_fence()
 
     def wake_up(self, side: int, slot: int) -> None:
@@ -174,6 +180,7 @@ class QueueControl:
         """The slots of ``mask`` not rung yet for their current sleep;
         ``rung`` (the waker's own: slot -> seq) is updated."""
         w = self._w
+        full_fence()  # the mask was read before the seqs (see fall_asleep)
         slot = 0
         while mask:
             if mask & 1:
