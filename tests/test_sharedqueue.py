@@ -206,6 +206,62 @@ def test_a_sleeping_reader_wakes_within_milliseconds(key: int) -> None:
             reader.wait()
 
 
+WAITER = """
+import sys, time
+from server.ipc.sharedqueue import SharedQueue
+key, role = int(sys.argv[1]), sys.argv[2]
+q = SharedQueue.open(key, 4096)
+print("ready", flush=True)
+ok = q.pop(timeout=10) is not None if role == "reader" else q.push(b"w" * 1000, timeout=10)
+print(ok, time.monotonic(), flush=True)
+q.close()
+"""
+
+
+def _waiters(key: int, role: str, n: int) -> list[subprocess.Popen[str]]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WAITER, str(key), role], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return procs
+
+
+def _woken_after(procs: list[subprocess.Popen[str]], since: float) -> list[float]:
+    delays = []
+    for p in procs:
+        assert p.stdout is not None
+        ok, when = p.stdout.readline().split()
+        assert ok == "True"
+        delays.append(float(when) - since)
+        p.wait(10)
+    return delays
+
+
+def test_many_sleepers_on_both_sides_each_wake_at_their_event(key: int) -> None:
+    with SharedQueue.open(key, 4096) as q:
+        readers = _waiters(key, "reader", 4)
+        try:
+            time.sleep(0.3)  # all asleep, between safety wakes
+            sent = time.monotonic()
+            assert q.push_many([b"one", b"two", b"three", b"four"]) == 4
+            assert max(_woken_after(readers, sent)) < 0.05
+            while q.push(b"f" * 1000, timeout=0):  # full now
+                pass
+            writers = _waiters(key, "writer", 3)
+            time.sleep(0.3)
+            freed = time.monotonic()
+            assert len(q.pop_many(3)) == 3  # room for the three of them
+            assert max(_woken_after(writers, freed)) < 0.05
+        finally:
+            for p in readers + locals().get("writers", []):
+                p.kill()
+                p.wait()
+
+
 def test_unknown_crash_point_is_an_error(key: int) -> None:
     done = run(key, "pass", crash="push.nowhere")
     assert done.returncode == 1 and "no crash point 'push.nowhere'" in done.stderr
