@@ -139,7 +139,9 @@ def test_another_capacity_is_refused_while_codes_wait(key: int) -> None:
 
 
 # -- real processes, real SIGKILLs ----------------------------------------------------------------
-def run(key: int, code: str, crash: str = "", timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def run(
+    key: int, code: str, crash: str = "", timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, STCP_CRASH_AT=crash)
     prog = f"from server.ipc.sharedqueue import SharedQueue\nq = SharedQueue.open({key}, 4096)\n"
     return subprocess.run(
@@ -260,6 +262,31 @@ def test_many_sleepers_on_both_sides_each_wake_at_their_event(key: int) -> None:
             for p in readers + locals().get("writers", []):
                 p.kill()
                 p.wait()
+
+
+def test_what_comes_while_falling_asleep_is_taken_at_once(key: int) -> None:
+    """A code published between a reader's last look and its mark (so
+    nobody rings it), or room freed just so, must not cost a sleep."""
+    with SharedQueue.open(key, 4096) as q:
+        for side, arrive, wait in (
+            (POP, lambda: q.push(b"just now"), lambda: q.pop(timeout=5)),
+            (PUSH, lambda: q.pop(), lambda: q.push(b"r" * 1000, timeout=5)),
+        ):
+            if side == PUSH:
+                while q.push(b"r" * 1000, timeout=0):  # full
+                    pass
+            fall_asleep = q._ctl.fall_asleep
+
+            def arriving(s: int, slot: int, arrive=arrive, original=fall_asleep) -> None:  # type: ignore[no-untyped-def]
+                q._ctl.fall_asleep = original  # type: ignore[method-assign]
+                arrive()  # before the bit is set: no ring for us
+                original(s, slot)
+
+            q._ctl.fall_asleep = arriving  # type: ignore[method-assign]
+            start = time.monotonic()
+            assert wait()
+            assert time.monotonic() - start < 0.1  # not a safety wake-up (0.25 s)
+            assert q._ctl.fall_asleep == fall_asleep  # it did fall asleep once
 
 
 def test_unknown_crash_point_is_an_error(key: int) -> None:

@@ -252,8 +252,10 @@ class SharedQueue(TwoLocks, SleepAndWake, QueueFacts, InSegment):
                 continue
             if done == len(codes) or (not sleep and _passed(deadline)):
                 return done
-            self._sleep(deadline)
-            spun = False
+            if sleep:
+                self._sleep(deadline)
+                spun = False
+            # else the room came as we fell asleep: look again at once
 
     # -- popping ---------------------------------------------------------------------
     def pop(self, timeout: float | None = None) -> bytes | None:
@@ -318,8 +320,10 @@ class SharedQueue(TwoLocks, SleepAndWake, QueueFacts, InSegment):
                 continue
             if not sleep and _passed(deadline):
                 return []
-            self._sleep(deadline)
-            spun = False
+            if sleep:
+                self._sleep(deadline)
+                spun = False
+            # else a code came as we fell asleep: look again at once
 
     def _half_done(self, point: str) -> None:
         """Crash point ``push.copying``: leave half a record past the tail."""
