@@ -25,7 +25,9 @@ and checks the logs (``verify``):
   inside the lock) agree with what was read;
 * nobody waited a second or more for a lock.
 
-Exit status 1 when a check fails.  Every run is bounded in time.
+Exit status 1 when a check fails (the logs are then kept for a
+post-mortem, with ``ends.json``: how each incarnation ended).  Every run
+is bounded in time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -336,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:>24}: {value}")
     for problem in report["problems"]:
         print(f"PROBLEM: {problem}")
-    print("ok" if report["ok"] else "FAILED")
+    if report["ok"]:
+        shutil.rmtree(report["folder"], ignore_errors=True)  # kept only for a post-mortem
+        print("ok (its logs removed)")
+    else:
+        print(f"FAILED: the logs are kept in {report['folder']}")
     return 0 if report["ok"] else 1
 
 
