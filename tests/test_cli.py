@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -94,11 +95,16 @@ def test_clean_removes_a_shared_queues_locks_left_without_their_segment(key: int
 
     SharedQueue.open(key, 4096).close()
     sysv_ipc.SharedMemory(key, 0).remove()  # an ipcrm -m: the semaphores stay
+    from server.ipc.doorbell import doorbell_name, run_dir
+
+    bell = os.path.join(run_dir(), doorbell_name(key, "sq0"))
+    open(bell, "w").close()  # as a reader killed asleep leaves it
     assert lock_exists(key) and lock_exists(pop_lock_key(key))
     result = run("clean", "--key", hex(key))
     assert result.returncode == 0, result.stderr
-    assert "two semaphores of a shared queue" in result.stdout
+    assert "the two semaphores of a shared queue" in result.stdout
     assert not lock_exists(key) and not lock_exists(pop_lock_key(key))
+    assert "1 doorbell socket file(s)" in result.stdout and not os.path.exists(bell)
     assert "nothing to do" in run("clean", "--key", hex(key)).stdout
 
 

@@ -27,6 +27,7 @@ from ..core.app import check_app, load_app
 from ..core.config import DEFAULT_KEY, DEFAULT_PORT, ServerConfig
 from ..core.watchdog import EXIT_CORRUPT
 from ..errors import ConfigError, CorruptSegment, SegmentError, SegmentInUse, ServerError
+from ..ipc.doorbell import remove_doorbells
 from ..ipc.shm import SHMFactory
 
 # Each command imports what only it needs when it runs: a worker is restarted
@@ -119,13 +120,19 @@ def cmd_clean(args: argparse.Namespace) -> int:
         ) from None
     if removed:
         print(f"removed segment 0x{args.key:08x}")
-    elif _remove_orphan_locks(args.key):
-        print(
-            f"no segment 0x{args.key:08x}, but the two semaphores of a shared queue by that key "
-            f"were left (its segment was removed without them): removed them"
-        )
     else:
-        print(f"no segment 0x{args.key:08x}: nothing to do")
+        left = []
+        if _remove_orphan_locks(args.key):
+            left.append("the two semaphores of a shared queue")
+        bells = remove_doorbells(args.key)  # no segment: nobody can be listening
+        if bells:
+            left.append(f"{bells} doorbell socket file(s) of killed processes")
+        if left:
+            print(
+                f"no segment 0x{args.key:08x}, but removed what was left of it: {', '.join(left)}"
+            )
+        else:
+            print(f"no segment 0x{args.key:08x}: nothing to do")
     return EXIT_OK
 
 
