@@ -1,0 +1,232 @@
+"""The protocol between two bus relays (pure: bytes in, events out, like h11).
+
+A *link* joins the relays of two hosts over one TCP connection and carries
+messages both ways; each direction numbers its messages 1, 2, 3, ... for
+ever (the sequence is the sending host's outbox count, so it survives a
+relay's restart).  Frames (integers big-endian)::
+
+    u32 length of the rest | u8 type | body
+    HELLO  1  u8 version (1) | u8 n | host name (n bytes) | u64 applied
+    DATA   2  u64 seq | u8 n | source address | u8 m | target address | payload
+    ACK    3  u64 applied
+
+The rules (TBus's handshake, our words):
+
+* On every connect each side first sends HELLO with its own name and the
+  last sequence number it *applied* from the other (pushed into the target's
+  inbox, recorded with the push).  Nothing else comes before HELLO.
+* The sender then sends, in order, every message after the other's
+  ``applied``: on a reconnect that is a retransmission, from where the
+  receiver really is, not from where the sender thinks it was.
+* The receiver applies DATA whose seq is exactly ``applied + 1``; a seq at
+  or below ``applied`` is a retransmission of one already applied, skipped
+  (``Duplicate``); a gap is a protocol error (the link is closed and made
+  again: the handshake puts both back in step).
+* ACK says "applied up to here" (cumulative).  The receiver sends one every
+  ``ack_every`` messages or ``ack_ms`` after the first unacknowledged one
+  (``AckTimer``); the sender then frees those messages from shared memory.
+
+``LinkError`` names what was wrong with the bytes; the relay logs it and
+closes the connection.  A frame longer than ``max_frame`` is one.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..errors import ServerError
+
+VERSION = 1
+HELLO, DATA, ACK = 1, 2, 3
+_LEN = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+DEFAULT_MAX_FRAME = 1 << 20
+_NAMES = {HELLO: "HELLO", DATA: "DATA", ACK: "ACK"}
+
+
+class LinkError(ServerError, ValueError):
+    """The peer sent bytes that break the link protocol."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    peer: str
+    applied: int  # the last of our messages the peer applied
+
+
+@dataclass(frozen=True)
+class Message:
+    seq: int
+    source: str
+    target: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    seq: int  # a retransmission of a message applied already: skipped
+
+
+@dataclass(frozen=True)
+class Acked:
+    applied: int  # the peer applied our messages up to here
+
+
+Event = Hello | Message | Duplicate | Acked
+
+
+def hello_frame(name: str, applied: int) -> bytes:
+    raw = name.encode()
+    return _frame(HELLO, bytes([VERSION, len(raw)]) + raw + _U64.pack(applied))
+
+
+def data_frame(seq: int, source: str, target: str, payload: bytes) -> bytes:
+    src, dst = source.encode(), target.encode()
+    body = _U64.pack(seq) + bytes([len(src)]) + src + bytes([len(dst)]) + dst
+    return _frame(DATA, body + payload)
+
+
+def ack_frame(applied: int) -> bytes:
+    return _frame(ACK, _U64.pack(applied))
+
+
+def _frame(kind: int, body: bytes) -> bytes:
+    return _LEN.pack(len(body) + 1) + bytes([kind]) + body
+
+
+class LinkReader:
+    """The receiving half of one connection: feed it what the socket gave,
+    in any pieces; it returns the events, in order.
+
+    ``applied`` is the last sequence number applied from this peer (from
+    the journal); ``note_applied`` moves it as the relay applies messages.
+    ``expected_peer``: a HELLO from another host is an error."""
+
+    def __init__(
+        self, applied: int, expected_peer: str | None = None, max_frame: int = DEFAULT_MAX_FRAME
+    ) -> None:
+        self.applied = applied
+        self.expected_peer = expected_peer
+        self.max_frame = max_frame
+        self.peer: str | None = None
+        self._buf = bytearray()
+        self._accepted = applied  # the last seq handed out as a Message
+
+    def feed(self, data: bytes) -> list[Event]:
+        self._buf += data
+        events: list[Event] = []
+        while len(self._buf) >= 4:
+            (n,) = _LEN.unpack_from(self._buf)
+            if not 1 <= n <= self.max_frame:
+                raise LinkError(f"a frame of {n} bytes (the limit is {self.max_frame})")
+            if len(self._buf) < 4 + n:
+                break
+            frame = bytes(self._buf[4 : 4 + n])
+            del self._buf[: 4 + n]
+            events.append(self._event(frame))
+        return events
+
+    def note_applied(self, seq: int) -> None:
+        """The relay applied Message ``seq`` (pushed it, journalled)."""
+        if seq != self.applied + 1:
+            raise ValueError(f"applied {seq} after {self.applied}: messages apply in order")
+        self.applied = seq
+
+    def _event(self, frame: bytes) -> Event:
+        kind = frame[0]
+        body = frame[1:]
+        if self.peer is None and kind != HELLO:
+            raise LinkError(f"{_NAMES.get(kind, kind)} before HELLO")
+        if kind == HELLO:
+            return self._hello(body)
+        if kind == DATA:
+            return self._data(body)
+        if kind == ACK:
+            if len(body) != 8:
+                raise LinkError(f"an ACK of {len(body)} bytes (8 expected)")
+            return Acked(_U64.unpack(body)[0])
+        raise LinkError(f"unknown frame type {kind}")
+
+    def _hello(self, body: bytes) -> Hello:
+        if self.peer is not None:
+            raise LinkError(f"a second HELLO (from {self.peer!r})")
+        if len(body) < 2 or body[0] != VERSION:
+            raise LinkError(f"HELLO of version {body[0] if body else '?'}; we speak {VERSION}")
+        n = body[1]
+        if len(body) != 2 + n + 8:
+            raise LinkError(f"a HELLO of {len(body)} bytes for a name of {n}")
+        peer = _text(body[2 : 2 + n], "host name")
+        if self.expected_peer is not None and peer != self.expected_peer:
+            raise LinkError(f"HELLO from host {peer!r}; this link is to {self.expected_peer!r}")
+        self.peer = peer
+        return Hello(peer, _U64.unpack_from(body, 2 + n)[0])
+
+    def _data(self, body: bytes) -> Message | Duplicate:
+        if len(body) < 10:
+            raise LinkError(f"a DATA frame of {len(body)} bytes")
+        (seq,) = _U64.unpack_from(body)
+        i = 8
+        src_n = body[i]
+        source = _text(body[i + 1 : i + 1 + src_n], "source address")
+        i += 1 + src_n
+        if i >= len(body):
+            raise LinkError("a DATA frame cut short in its addresses")
+        dst_n = body[i]
+        if i + 1 + dst_n > len(body):
+            raise LinkError("a DATA frame cut short in its target address")
+        target = _text(body[i + 1 : i + 1 + dst_n], "target address")
+        payload = body[i + 1 + dst_n :]
+        if seq <= self._accepted:
+            return Duplicate(seq)
+        if seq != self._accepted + 1:
+            raise LinkError(f"DATA {seq} after {self._accepted}: a gap")
+        self._accepted = seq
+        return Message(seq, source, target, payload)
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise LinkError(f"a {what} that is not UTF-8: {raw[:32]!r}") from None
+    if not text:
+        raise LinkError(f"an empty {what}")
+    return text
+
+
+class AckTimer:
+    """When the receiver acknowledges: every ``every`` messages applied, or
+    ``ms`` after the first one not acknowledged yet.  Times are the
+    caller's clock in ms (a number: tested without sleeping)."""
+
+    def __init__(self, every: int, ms: int, acked: int = 0) -> None:
+        self.every = every
+        self.ms = ms
+        self.acked = acked
+        self._since: float | None = None
+
+    def applied(self, seq: int, now_ms: float) -> int | None:
+        """Message ``seq`` was applied; the seq to acknowledge now, if any."""
+        if self._since is None:
+            self._since = now_ms
+        if seq - self.acked >= self.every:
+            return self._ack(seq)
+        return None
+
+    def due(self, applied: int, now_ms: float) -> int | None:
+        """At a tick: the seq to acknowledge now, if any."""
+        if applied > self.acked and self._since is not None and now_ms - self._since >= self.ms:
+            return self._ack(applied)
+        return None
+
+    def timeout_ms(self, now_ms: float) -> float | None:
+        """How long the caller may sleep before ``due`` has work (None: no limit)."""
+        if self._since is None:
+            return None
+        return max(0.0, self._since + self.ms - now_ms)
+
+    def _ack(self, seq: int) -> int:
+        self.acked = seq
+        self._since = None
+        return seq
