@@ -12,7 +12,7 @@ holder find out and repair it.  Region layout (u64 words)::
 
     word  offset  field           written by
     ----  ------  --------------  ---------------------------------------------
-       0       0  magic           INIT (b"SHAREDQ\\1")
+       0       0  magic           INIT (b"SHAREDQ\\2")
        1       8  capacity        INIT (the ring's)
        2      16  slots           INIT (waiter slots: WAITER_SLOTS)
        3      24  pop_lock_key    INIT (the key of the consuming side's semaphore)
@@ -24,10 +24,16 @@ holder find out and repair it.  Region layout (u64 words)::
                                   for codes
       25     200  writers_asleep  push-lock holder: bit i set while slot i waits
                                   for room
+      10      80  mark_pending    push-lock holder: 1 + mark slot of a marked
+                                  push being published (0: none)
+      11      88  mark_seq        ... the mark it will record
+      12      96  mark_tail       ... the tail once it is published
       32     256  slot i: pid     both locks held: the process that owns slot i
       33     264  slot i: seq     slot i's owner: +1 each time it falls asleep
                                   (16 bytes per slot, WAITER_SLOTS slots)
-    1280    1280  the ring        ``server.core.ring`` (its own 256-byte control)
+     160    1280  mark j          push-lock holder: the last mark recorded in
+                                  mark slot j (MARK_SLOTS u64 words)
+     192    1536  the ring        ``server.core.ring`` (its own 256-byte control)
 
 The lock rule.  A holder stores its pid in ``*_holder`` right after the
 semaphore is its own and stores 0 right before it gives it back; so a
@@ -59,6 +65,16 @@ trap of a flag left by a dead process): waking it finds nobody listening,
 and the bit is cleared (``clear_dead``) by whoever holds that side's lock
 next, or when its slot is claimed again.
 
+Marks: a writer that must know, after a crash, whether its push happened
+(a bus relay: "applied up to sequence S from host H") pushes *with a mark*:
+(mark slot j, S).  Under the push lock, after counting and before
+publishing, it writes the pending mark (j, S, the tail after the push);
+after publishing it records S in mark j and clears the pending mark.  The
+next push-lock holder after a death settles a pending mark: recorded if the
+tail is where it says (the push was published), dropped if not.  So the
+mark and the push are one step: the push happened exactly when its mark
+says so.
+
 Slots are claimed with both locks held (push first, then pop: the only
 order in which both are ever waited for): a slot whose pid is 0 or no
 longer alive is free; claiming it clears both its bits.  Every value read
@@ -73,16 +89,19 @@ from collections.abc import Callable, Iterator
 from ..errors import CorruptQueue
 from .ring import full_fence, region_size
 
-MAGIC = int.from_bytes(b"SHAREDQ\1", "little")
+MAGIC = int.from_bytes(b"SHAREDQ\2", "little")
 WAITER_SLOTS = 64  # one bit each in a u64 mask
 SLOT_WORDS = 2
-CONTROL_SIZE = 256 + 8 * SLOT_WORDS * WAITER_SLOTS  # 1280
+MARK_SLOTS = 32
+CONTROL_SIZE = 256 + 8 * SLOT_WORDS * WAITER_SLOTS + 8 * MARK_SLOTS  # 1536
 PID_MAX = 1 << 22  # Linux's limit (kernel.pid_max cannot exceed it)
 
 _MAGIC, _CAPACITY, _SLOTS, _POP_KEY = 0, 1, 2, 3
 PUSH, POP = 8, 16  # a side is the word index of its holder; repairs follow it
 _READERS, _WRITERS = 24, 25
 _SLOT0 = 32
+_PENDING, _MARK_SEQ, _MARK_TAIL = 10, 11, 12
+_MARK0 = _SLOT0 + SLOT_WORDS * WAITER_SLOTS  # 160
 
 
 def shared_region_size(capacity: int) -> int:
@@ -118,6 +137,8 @@ class QueueControl:
             self.holder(side)  # raises if out of range
         for slot in range(WAITER_SLOTS):
             self.slot_pid(slot)
+        if w[_PENDING] > MARK_SLOTS:
+            raise corrupt("pending mark slot", w[_PENDING] - 1, f"below {MARK_SLOTS}")
 
     def release(self) -> None:
         self._w.release()
@@ -199,6 +220,43 @@ class QueueControl:
         self.wake_up(side, slot)
         return True
 
+    # -- marks ----------------------------------------------------------------------------
+    def mark_pending(self, slot: int, seq: int, tail: int) -> None:
+        """Push lock held, the push counted, not published: its mark."""
+        _check_mark_slot(slot)
+        w = self._w
+        w[_MARK_SEQ] = seq
+        w[_MARK_TAIL] = tail
+        w[_PENDING] = slot + 1
+
+    def mark_published(self) -> None:
+        """Push lock held, the marked push published: record its mark."""
+        w = self._w
+        slot = w[_PENDING] - 1
+        w[_MARK0 + slot] = w[_MARK_SEQ]
+        w[_PENDING] = 0
+
+    def settle_mark(self, tail: int) -> bool | None:
+        """Push lock held, after a death inside it: record the pending mark
+        if its push was published (the tail is where it says), drop it if
+        not.  None: none pending; True: recorded; False: dropped."""
+        w = self._w
+        pending = w[_PENDING]
+        if not pending:
+            return None
+        if pending > MARK_SLOTS:
+            raise corrupt("pending mark slot", pending - 1, f"below {MARK_SLOTS}")
+        published = w[_MARK_TAIL] == tail
+        if published:
+            w[_MARK0 + pending - 1] = w[_MARK_SEQ]
+        w[_PENDING] = 0
+        return published
+
+    def mark(self, slot: int) -> int:
+        """The last mark recorded in ``slot`` (0: none yet)."""
+        _check_mark_slot(slot)
+        return self._w[_MARK0 + slot]
+
     # -- slots ----------------------------------------------------------------------------
     def slot_pid(self, slot: int) -> int:
         pid = self._w[_SLOT0 + SLOT_WORDS * slot]
@@ -236,6 +294,11 @@ class QueueControl:
                 waits = "codes" if readers & bit else "room" if writers & bit else "-"
                 out.append({"slot": slot, "pid": pid, "waits_for": waits})
         return out
+
+
+def _check_mark_slot(slot: int) -> None:
+    if not 0 <= slot < MARK_SLOTS:
+        raise ValueError(f"mark slot {slot}: there are {MARK_SLOTS} (0..{MARK_SLOTS - 1})")
 
 
 def _side_name(side: int) -> str:

@@ -33,10 +33,9 @@ do the same from a ``selectors`` loop.  A sleep also ends after SAFETY_WAKE
 to look again: the one wake-up that can be late is that of a writer killed
 between publishing and ringing, and the next writer's lock repairs that.
 More than WAITER_SLOTS (64) processes may open a queue; those without a slot
-wait by sleeping in growing steps (logged once).
-
-One object per process (and thread): open again after a ``fork``.  Crash
-points for tests: ``server.ipc.crashpoints``, ``CRASH_POINTS`` below.
+wait by sleeping in growing steps (logged once).  One object per process
+(and thread): open again after a ``fork``.  Crash points for tests:
+``server.ipc.crashpoints``, ``CRASH_POINTS`` below.
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ import time
 from collections.abc import Iterable, Sequence
 from itertools import islice
 
-from ..core.allocator import key_text
 from ..core.codering import CodeRing
 from ..core.header import HEADER_SIZE, StartMode, align_up
 from ..core.placed import Allocator, InSegment
@@ -61,11 +59,11 @@ from ..core.sharedring import (
     shared_region_size,
 )
 from .crashpoints import CrashPoints
-from .doorbell import Doorbell, remove_doorbells
+from .doorbell import Doorbell
 from .procinfo import alive
-from .semlock import SemLock, pop_lock_key, remove_lock
+from .semlock import SemLock, pop_lock_key
 from .shm import SharedMemory, SHMFactory
-from .sqfacts import QueueFacts, refuse_capacity_change
+from .sqfacts import QueueFacts, refuse_capacity_change, remove_queue
 from .sqlocks import TwoLocks
 from .sqwaiting import SleepAndWake
 
@@ -204,14 +202,27 @@ class SharedQueue(TwoLocks, SleepAndWake, QueueFacts, InSegment):
                 return done
         return self._push((data,), timeout) == 1
 
-    def push_many(self, codes: Iterable[bytes], timeout: float | None = None) -> int:
+    def push_many(
+        self,
+        codes: Iterable[bytes],
+        timeout: float | None = None,
+        *,
+        mark: tuple[int, int] | None = None,
+    ) -> int:
         """Queue codes in order, as many per lock round trip as fit; waits
         for room for the rest.  Returns how many were queued: all of them,
-        unless the timeout came first."""
-        batch = codes if isinstance(codes, Sequence) else list(codes)
-        return self._push(batch, timeout) if batch else 0
+        unless the timeout came first.
 
-    def _push(self, codes: Sequence[bytes], timeout: float | None) -> int:
+        ``mark=(slot, seq)``: code i carries number ``seq + i``, and the
+        number of the last one queued is recorded in mark slot ``slot``
+        in the same step as its push (``mark(slot)`` reads it), also when
+        this process dies halfway (``server.core.sharedring``: marks)."""
+        batch = codes if isinstance(codes, Sequence) else list(codes)
+        return self._push(batch, timeout, mark) if batch else 0
+
+    def _push(
+        self, codes: Sequence[bytes], timeout: float | None, mark: tuple[int, int] | None = None
+    ) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         ring, crash = self._ring, self._crash
         done = 0
@@ -230,11 +241,15 @@ class SharedQueue(TwoLocks, SleepAndWake, QueueFacts, InSegment):
                     if crash is not None:
                         crash.hit("push.copied")
                     ring.note_pushed(end, n)
+                    if mark is not None:
+                        self._ctl.mark_pending(mark[0], mark[1] + done + n - 1, end)
                     if crash is not None:
                         crash.hit("push.counted")
                     ring.store_tail(end)
                     if crash is not None:
                         crash.hit("push.published")
+                    if mark is not None:
+                        self._ctl.mark_published()
                     full_fence()  # the tail before the sleepers: the sleep rule
                     mask = self._ctl.sleepers(POP)
                     if mask:
@@ -362,13 +377,6 @@ class SharedQueue(TwoLocks, SleepAndWake, QueueFacts, InSegment):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        s = self._ring.stats()
-        return (
-            f"<SharedQueue {key_text(self.key)} {s['pending']} pending, "
-            f"{s['used_bytes']}/{self.capacity} bytes>"
-        )
-
     # -- the inspector opens it as a placed kind (server.core.placed) ----------
     @classmethod
     def place(
@@ -381,16 +389,11 @@ class SharedQueue(TwoLocks, SleepAndWake, QueueFacts, InSegment):
         shm.on_detach(queue.release)
         return queue
 
-    # -- removing ------------------------------------------------------------------------
     @staticmethod
     def remove(key: int) -> bool:
         """Remove the queue's segment, both semaphores and the doorbells;
         False if none was there.  ``SegmentInUse`` while a process has it open."""
-        removed = SHMFactory.remove(key)
-        for lock_key in (key, pop_lock_key(key)):
-            removed = remove_lock(lock_key) or removed
-        remove_doorbells(key)
-        return removed
+        return remove_queue(key)
 
 
 def _passed(deadline: float | None) -> bool:

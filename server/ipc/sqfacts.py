@@ -16,8 +16,9 @@ from typing import Any
 from ..core.allocator import key_text
 from ..core.sharedring import POP, PUSH, shared_region_size
 from ..errors import ConfigError, CorruptSegment, SegmentError
+from .doorbell import remove_doorbells
 from .procinfo import alive
-from .semlock import SemLock, lock_exists, pop_lock_key
+from .semlock import SemLock, lock_exists, pop_lock_key, remove_lock
 from .shm import SHMFactory
 from .sqlocks import QueueParts
 
@@ -26,6 +27,15 @@ log = logging.getLogger("server.sharedqueue")
 
 class QueueFacts(QueueParts):
     """The facts half of ``SharedQueue`` (a mixin)."""
+
+    capacity: int
+
+    def __repr__(self) -> str:
+        s = self._ring.stats()
+        return (
+            f"<SharedQueue {key_text(self.key)} {s['pending']} pending, "
+            f"{s['used_bytes']}/{self.capacity} bytes>"
+        )
 
     def stats(self) -> dict[str, Any]:
         """The ring's counts (capacity, used_bytes, free_bytes, pending,
@@ -113,3 +123,12 @@ def refuse_capacity_change(key: int, capacity: int) -> None:
     log.info(
         "shared queue %s: capacity %d -> %d, it was empty: re-made", key_text(key), had, capacity
     )
+
+
+def remove_queue(key: int) -> bool:
+    """``SharedQueue.remove``: the segment, both semaphores, the doorbells."""
+    removed = SHMFactory.remove(key)
+    for lock_key in (key, pop_lock_key(key)):
+        removed = remove_lock(lock_key) or removed
+    remove_doorbells(key)
+    return removed

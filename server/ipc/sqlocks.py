@@ -109,10 +109,20 @@ class TwoLocks(QueueParts):
             self._crash.hit(f"{SIDE_NAMES[side]}.unlocking")
         self._the_lock(side).release()
 
+    def mark(self, slot: int) -> int:
+        """The last number recorded in mark slot ``slot`` (0: none yet;
+        see ``SharedQueue.push_many``)."""
+        self._lock(PUSH, None)  # settles a mark left pending by a dead writer
+        try:
+            return self._ctl.mark(slot)
+        finally:
+            self._unlock(PUSH)
+
     def _repair(self, side: int, dead: int) -> None:
         """The lock rule: the last holder of ``side`` died holding it."""
         if side == PUSH:
             self._ring.recover_producer()
+            self._ctl.settle_mark(self._ring.tail)
         else:
             self._ring.recover_consumer()
         log.warning(
