@@ -31,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,23 @@ class BusConfig:
     def endpoints_on(self, host: str) -> list[str]:
         return sorted(a for a, h in self.routes.items() if h == host)
 
+    def inbox_key(self, address: str) -> int:
+        """The System V key of endpoint ``address``'s inbox (on its host)."""
+        self.host_of(address)  # an unknown endpoint is an error
+        return derive_key(self.key, "inbox", address)
+
+    def outbox_key(self, source_host: str, target_host: str) -> int:
+        """The key of the queue on ``source_host`` that its relay forwards
+        to ``target_host``'s relay."""
+        return derive_key(self.key, "outbox", f"{source_host}>{target_host}")
+
+
+def derive_key(base: int, kind: str, name: str) -> int:
+    """A 32-bit key from the bus's base key and a queue's name: stable on
+    every host, and never 0 (IPC_PRIVATE)."""
+    mixed = zlib.crc32(f"{kind}:{name}".encode(), base & 0xFFFFFFFF) & 0xFFFFFFFF
+    return mixed or 1
+
 
 def load_bus_config(path: str) -> BusConfig:
     """Read and check ``path``."""
@@ -124,7 +142,27 @@ def parse_bus_config(text: str, path: str = "bus.toml") -> BusConfig:
     settings = _bus_settings(doc.get("bus", {}), where)
     hosts = _hosts(doc.get("hosts"), where)
     routes = _routes(doc.get("endpoints"), hosts, where)
-    return BusConfig(path, hosts, routes, lines=lines, **settings)
+    config = BusConfig(path, hosts, routes, lines=lines, **settings)
+    _check_keys(config, where)
+    return config
+
+
+def _check_keys(config: BusConfig, where: _Where) -> None:
+    """Two queues of the bus must never share a System V key."""
+    names: dict[int, str] = {}
+    queues = [(f"endpoint {a!r}", config.inbox_key(a), ("endpoints", a)) for a in config.routes]
+    queues += [
+        (f"outbox {s}>{t}", config.outbox_key(s, t), ("hosts", s))
+        for s in config.hosts
+        for t in config.hosts
+        if s != t
+    ]
+    for what, key, at in queues:
+        if key in names:
+            raise where.error(
+                at, f"{what} and {names[key]} would share the key 0x{key:08x}; rename one"
+            )
+        names[key] = what
 
 
 def _bus_settings(table: Any, where: _Where) -> dict[str, int]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..errors import ServerError
+from ..errors import BadCode, ServerError
 
 VERSION = 1
 HELLO, DATA, ACK = 1, 2, 3
@@ -193,6 +193,42 @@ def _text(raw: bytes, what: str) -> str:
     if not text:
         raise LinkError(f"an empty {what}")
     return text
+
+
+# -- a message in shared memory (an inbox or an outbox) -----------------------------------
+# u8 n | source address | u8 m | target address | payload: the DATA body without its seq.
+
+
+def envelope(source: str, target: str, payload: bytes) -> bytes:
+    src, dst = source.encode(), target.encode()
+    if not 0 < len(src) < 256 or not 0 < len(dst) < 256:
+        raise ValueError(f"bus addresses are 1..255 bytes: {source!r}, {target!r}")
+    return bytes([len(src)]) + src + bytes([len(dst)]) + dst + payload
+
+
+def open_envelope(code: bytes) -> tuple[str, str, bytes]:
+    """(source, target, payload) of a code read from shared memory, checked."""
+    n = code[0] if code else 0
+    m = code[n + 1] if len(code) > n + 1 else 0
+    if not n or not m or len(code) < n + m + 2:
+        raise BadCode(
+            f"a bus message of {len(code)} bytes whose addresses do not fit in it "
+            f"({code[:16].hex()}...): the queue is corrupt",
+            field="bus message",
+            found=code[:16].hex(),
+            expected="u8 n, source, u8 m, target, payload",
+        )
+    try:
+        source = code[1 : 1 + n].decode()
+        target = code[n + 2 : n + 2 + m].decode()
+    except UnicodeDecodeError:
+        raise BadCode(
+            f"a bus message whose addresses are not UTF-8 ({code[:16].hex()}...)",
+            field="bus message",
+            found=code[:16].hex(),
+            expected="UTF-8 addresses",
+        ) from None
+    return source, target, code[n + m + 2 :]
 
 
 class AckTimer:
