@@ -13,8 +13,9 @@ any number of senders write into it, the endpoint reads it.  A send to an
 endpoint on this host goes straight into the target's inbox (made if it is
 not there yet: the message waits for its reader).  A send to an endpoint on
 another host goes into this host's *outbox* for that host, which the
-host's relay forwards (``python -m server relay``); it stays in shared
-memory until the other relay has applied it.  Either way ``send`` returns
+host's relay forwards; it stays in shared memory until the other relay
+has applied it.  (The relay, ``python -m server relay``, is being built:
+until it runs, messages for other hosts wait in their outbox.)  Either way ``send`` returns
 True once the message is in shared memory on this host: a process killed
 after that loses nothing.  Messages carry their source and target
 (``server.core.buslink``: ``envelope``).
