@@ -1,5 +1,7 @@
-"""Marks: a push and the number it records are one step, also across a SIGKILL
-inside the lock (what a bus relay needs to apply each message exactly once)."""
+"""What a bus relay needs from a SharedQueue, also across a SIGKILL inside the
+lock: marks (a push and the number it records are one step: each message
+applied exactly once) and peek + commit (a message leaves its outbox only
+when the other host applied it)."""
 
 from __future__ import annotations
 
@@ -68,3 +70,45 @@ def test_marks_outlive_the_processes_and_count_partial_batches(key: int) -> None
         assert q.mark(7) == 101  # the last one queued
     with SharedQueue.open(key, 64) as again:
         assert again.mark(7) == 101
+
+
+def test_peek_takes_nothing_and_commit_takes_exactly_what_was_peeked(key: int) -> None:
+    with SharedQueue.open(key, 4096) as q:
+        q.push_many([b"a", b"bb", b"ccc"])
+        first, end1 = q.peek(2)
+        assert first == [b"a", b"bb"] and len(q) == 3
+        rest, end2 = q.peek(10, start=end1)
+        assert rest == [b"ccc"]
+        assert q.peek(10, start=end2) == ([], end2)  # nothing more (yet)
+        q.push(b"dddd")  # a writer goes on: the positions stay valid
+        assert q.commit(end1) == 2
+        assert len(q) == 2 and q.taken() == 2
+        assert q.peek(10)[0] == [b"ccc", b"dddd"]
+        with pytest.raises(CorruptQueue, match="record boundary"):
+            q.commit(end2 + 1)  # inside a record: refused, nothing taken
+        assert len(q) == 2 and q.commit(end2) == 1 and q.pop(timeout=0) == b"dddd"
+
+
+COMMITTER = """
+from server.ipc.sharedqueue import SharedQueue
+q = SharedQueue.open({key}, 4096)
+codes, end = q.peek(10)
+q.commit(end)
+"""
+
+
+@pytest.mark.parametrize("point", ["pop.counted", "pop.published", "pop.unlocking:2"])
+def test_a_reader_killed_in_a_commit_takes_all_or_nothing(key: int, point: str) -> None:
+    with SharedQueue.open(key, 4096) as q:
+        q.push_many([b"1", b"2", b"3"])
+        done = subprocess.run(
+            [sys.executable, "-c", COMMITTER.format(key=key)],
+            env=dict(os.environ, STCP_CRASH_AT=point),  # unlocking:2 is the commit's
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert done.returncode == -9, done.stderr
+        taken = point != "pop.counted"
+        assert q.pop_many(10, timeout=0) == ([] if taken else [b"1", b"2", b"3"])
+        assert q.taken() == 3 and q.stats()["pushed"] == 3  # the counts exact either way

@@ -295,6 +295,22 @@ class CodeRing(RingRegion):
             raise self._corrupt("new head", new_head, f"{head}..{tail}")
         self._publish_head(new_head, count)
 
+    def records_between(self, start: int, end: int) -> int:
+        """How many records lie from ``start`` (a record boundary, at or
+        after the head) to ``end``; raises unless ``end`` is a boundary
+        too, at or before the tail."""
+        head, tail, used = self._used()
+        if not head <= start <= end <= tail:
+            raise self._corrupt("record range", (start, end), f"within {head}..{tail}")
+        count = 0
+        pos = start
+        while pos < end:
+            pos += RECORD_HEADER + self._read_len(pos, tail - pos)
+            count += 1
+        if pos != end:
+            raise self._corrupt("record boundary", end, f"the end of a record (next at {pos})")
+        return count
+
     def note_popped(self, new_head: int, count: int) -> None:
         """The bookkeeping before consuming ``count`` codes ending at
         ``new_head`` (from ``peek_many``; checked by the caller)."""

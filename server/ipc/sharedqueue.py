@@ -8,6 +8,8 @@
     q.pop(timeout=None) -> bytes | None          # None at the timeout
     q.pop_many(max_codes, timeout=None) -> list[bytes]
     len(q); q.stats(); q.close(); SharedQueue.remove(key)
+    q.peek(max_codes, start) -> (codes, end); q.commit(end)  # one reader: server.ipc.sqpeek
+    q.push_many(codes, mark=(slot, seq)); q.mark(slot)       # a push and its number, one step
 
 ``timeout=0`` tries once; ``None`` waits as long as it takes.  One segment
 (``key``, mode 0600, owner checked: ``server.ipc.shm``) holds one placed
@@ -32,10 +34,9 @@ them, once per sleep.  ``fileno()`` + ``prepare_wait()`` + ``finish_wait()``
 do the same from a ``selectors`` loop.  A sleep also ends after SAFETY_WAKE
 to look again: the one wake-up that can be late is that of a writer killed
 between publishing and ringing, and the next writer's lock repairs that.
-More than WAITER_SLOTS (64) processes may open a queue; those without a slot
-wait by sleeping in growing steps (logged once).  One object per process
-(and thread): open again after a ``fork``.  Crash points for tests:
-``server.ipc.crashpoints``, ``CRASH_POINTS`` below.
+Over WAITER_SLOTS (64) processes may open a queue; those without a slot
+sleep in steps (logged once).  One object per process (and thread): open
+again after a ``fork``.  Crash points: ``server.ipc.crashpoints``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from .semlock import SemLock, pop_lock_key
 from .shm import SharedMemory, SHMFactory
 from .sqfacts import QueueFacts, refuse_capacity_change, remove_queue
 from .sqlocks import TwoLocks
+from .sqpeek import PeekAndCommit
 from .sqwaiting import SleepAndWake
 
 __all__ = ["SharedQueue", "pop_lock_key", "CRASH_POINTS"]
@@ -85,11 +87,7 @@ def segment_size(capacity: int) -> int:
     return HEADER_SIZE + align_up(shared_region_size(capacity))
 
 
-def _layout(capacity: int) -> list[tuple[str, str, int]]:
-    return [(NAME, SharedQueue.KIND, shared_region_size(capacity))]
-
-
-class SharedQueue(TwoLocks, SleepAndWake, QueueFacts, InSegment):
+class SharedQueue(TwoLocks, SleepAndWake, PeekAndCommit, QueueFacts, InSegment):
     """A many-writer, many-reader queue of codes (see the module docstring)."""
 
     KIND = "SharedQueue"
@@ -110,7 +108,8 @@ class SharedQueue(TwoLocks, SleepAndWake, QueueFacts, InSegment):
             pop_lock.acquire()
             try:
                 refuse_capacity_change(key, capacity)
-                shm = SHMFactory.create_product(key, segment_size(capacity), _layout(capacity))
+                layout = [(NAME, cls.KIND, shared_region_size(capacity))]
+                shm = SHMFactory.create_product(key, segment_size(capacity), layout)
                 try:
                     return cls(key, capacity, shm, push_lock, pop_lock, crash)
                 except BaseException:

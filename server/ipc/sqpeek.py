@@ -1,0 +1,80 @@
+"""Taking codes only once the work on them is done: ``peek`` and ``commit``.
+
+For the one reader of a ``SharedQueue`` whose codes must stay in shared
+memory until it has finished with them: a bus relay sends a message to
+another host and takes it out of its outbox only when that host says it
+applied it.  ``peek`` copies codes out without taking them and returns the
+stream position after them; a later ``peek(start=that position)`` goes on
+from there; ``commit(position)`` takes every code before it, in one step
+(the head moves, the count follows, as a pop's do: ``server.core.ring``).
+Positions are absolute stream offsets, so they stay valid while writers
+go on pushing.  Both take the pop lock; neither waits for codes.
+
+Only one process should read a queue this way: a ``pop`` by another
+between a peek and its commit would make the commit's position stale (it
+is refused, not obeyed: ``commit`` checks that the position lies on a record
+boundary between the head and the tail).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..core.ring import full_fence
+from ..core.sharedring import POP, PUSH
+from .sqlocks import QueueParts
+
+
+class PeekAndCommit(QueueParts):
+    """The peeking half of ``SharedQueue`` (a mixin)."""
+
+    if TYPE_CHECKING:  # TwoLocks' and SleepAndWake's, in the queue's bases
+
+        def _lock(self, side: int, deadline: float | None) -> bool: ...
+
+        def _unlock(self, side: int) -> None: ...
+
+        def _wake(self, side: int, mask: int) -> None: ...
+
+    def peek(
+        self, max_codes: int = 1 << 30, start: int | None = None, max_bytes: int = 1 << 20
+    ) -> tuple[list[bytes], int]:
+        """Up to ``max_codes`` codes from ``start`` (None: the oldest), not
+        taken; and the position after them.  [] if there are none (yet)."""
+        self._lock(POP, None)
+        try:
+            return self._ring.peek_many(max_codes, max_bytes, start)
+        finally:
+            self._unlock(POP)
+
+    def commit(self, end: int) -> int:
+        """Take every code before position ``end`` (from ``peek``); returns
+        how many that was."""
+        self._lock(POP, None)
+        try:
+            ring = self._ring
+            count = ring.records_between(ring.head, end)
+            crash = self._crash
+            if count:
+                ring.note_popped(end, count)
+                if crash is not None:
+                    crash.hit("pop.counted")
+                ring.store_head(end)
+                if crash is not None:
+                    crash.hit("pop.published")
+                full_fence()  # the head before the sleepers
+                mask = self._ctl.sleepers(PUSH)
+                if mask:
+                    self._wake(PUSH, mask)
+            return count
+        finally:
+            self._unlock(POP)
+
+    def taken(self) -> int:
+        """How many codes were taken from the queue, ever (exact: a dead
+        reader's half-counted pop is repaired)."""
+        self._lock(POP, None)
+        try:
+            return int(self._ring.stats()["popped"])
+        finally:
+            self._unlock(POP)
