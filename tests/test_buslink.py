@@ -13,6 +13,7 @@ from server.core.buslink import (
     LinkError,
     LinkReader,
     Message,
+    SentWindow,
     ack_frame,
     data_frame,
     hello_frame,
@@ -87,3 +88,16 @@ def test_acks_every_n_or_after_t() -> None:
     assert timer.due(4, now_ms=29) is None
     assert timer.due(4, now_ms=30) == 4
     assert timer.due(4, now_ms=100) is None  # nothing new
+
+
+def test_the_sent_window_frees_what_an_ack_covers() -> None:
+    window = SentWindow(base=10, head=1000)  # 10 taken before; the oldest is 11
+    assert window.sending([b"aa", b"b"], record_header=4) == [11, 12]
+    assert window.next_pos == 1000 + 6 + 5
+    assert window.sending([b"cccc"], record_header=4) == [13]
+    assert window.in_flight == 3
+    assert window.acked(10) is None  # nothing new
+    assert window.acked(12) == 1011  # commit up to the end of 12
+    assert window.acked(13) == 1019 and window.in_flight == 0
+    with pytest.raises(LinkError, match="ACK of 14, but only 13 were sent"):
+        window.acked(14)

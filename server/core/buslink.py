@@ -33,6 +33,7 @@ closes the connection.  A frame longer than ``max_frame`` is one.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import BadCode, ServerError
@@ -104,14 +105,20 @@ class LinkReader:
     ``expected_peer``: a HELLO from another host is an error."""
 
     def __init__(
-        self, applied: int, expected_peer: str | None = None, max_frame: int = DEFAULT_MAX_FRAME
+        self,
+        applied: int | Callable[[str], int],
+        expected_peer: str | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
-        self.applied = applied
+        """``applied``: a number, or (for a listener that learns who calls
+        from the HELLO) a function of the peer's name that returns it."""
+        self._applied_of = applied if callable(applied) else None
+        self.applied = 0 if callable(applied) else applied
         self.expected_peer = expected_peer
         self.max_frame = max_frame
         self.peer: str | None = None
         self._buf = bytearray()
-        self._accepted = applied  # the last seq handed out as a Message
+        self._accepted = self.applied  # the last seq handed out as a Message
 
     def feed(self, data: bytes) -> list[Event]:
         self._buf += data
@@ -160,6 +167,8 @@ class LinkReader:
         if self.expected_peer is not None and peer != self.expected_peer:
             raise LinkError(f"HELLO from host {peer!r}; this link is to {self.expected_peer!r}")
         self.peer = peer
+        if self._applied_of is not None:  # before any DATA after this HELLO is judged
+            self.applied = self._accepted = self._applied_of(peer)
         return Hello(peer, _U64.unpack_from(body, 2 + n)[0])
 
     def _data(self, body: bytes) -> Message | Duplicate:
@@ -193,6 +202,49 @@ def _text(raw: bytes, what: str) -> str:
     if not text:
         raise LinkError(f"an empty {what}")
     return text
+
+
+class SentWindow:
+    """The sender's side of one link: which outbox messages are on their
+    way, where each ends in the outbox (the stream position a ``commit``
+    needs), and what an ACK frees.
+
+    ``base`` is the outbox's taken count: its oldest message has seq
+    ``base + 1``.  ``sent`` is the last seq sent on this connection."""
+
+    def __init__(self, base: int, head: int) -> None:
+        self.base = base
+        self.sent = base
+        self.next_pos = head  # where the next message to send starts in the outbox
+        self._ends: list[tuple[int, int]] = []  # (seq, end position), sent, not acked
+
+    def sending(self, codes: list[bytes], record_header: int) -> list[int]:
+        """``codes`` were peeked from ``next_pos`` and are being sent: their seqs."""
+        seqs = []
+        pos = self.next_pos
+        for code in codes:
+            pos += record_header + len(code)
+            self.sent += 1
+            self._ends.append((self.sent, pos))
+            seqs.append(self.sent)
+        self.next_pos = pos
+        return seqs
+
+    def acked(self, applied: int) -> int | None:
+        """The peer applied up to ``applied``: the outbox position to commit
+        (None: nothing new).  An ACK beyond what was sent is a LinkError."""
+        if applied > self.sent:
+            raise LinkError(f"ACK of {applied}, but only {self.sent} were sent")
+        end = None
+        while self._ends and self._ends[0][0] <= applied:
+            end = self._ends.pop(0)[1]
+        if applied > self.base:
+            self.base = applied
+        return end
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.base
 
 
 # -- a message in shared memory (an inbox or an outbox) -----------------------------------
