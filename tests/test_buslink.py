@@ -101,3 +101,17 @@ def test_the_sent_window_frees_what_an_ack_covers() -> None:
     assert window.acked(13) == 1019 and window.in_flight == 0
     with pytest.raises(LinkError, match="ACK of 14, but only 13 were sent"):
         window.acked(14)
+
+
+def test_a_listener_learns_the_applied_seq_from_the_hello() -> None:
+    asked = []
+
+    def applied_of(peer: str) -> int:
+        asked.append(peer)
+        return 2
+
+    reader = LinkReader(applied=applied_of)
+    events = reader.feed(hello_frame("h2", 0) + stream(1, 4))  # all in one piece
+    assert asked == ["h2"] and reader.applied == 2
+    assert events[1:3] == [Duplicate(1), Duplicate(2)]
+    assert [e.seq for e in events[3:]] == [3, 4]
