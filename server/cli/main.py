@@ -229,6 +229,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return EXIT_CORRUPT
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    from ..core.busconfig import load_bus_config
+    from ..proc.relay import run_relay, this_host
+
+    config = load_bus_config(args.config)
+    return run_relay(config, args.host or this_host(config))
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     from . import client
 
@@ -259,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", metavar="{run,client,inspect,clean,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,client,inspect,clean,demo,relay}")
 
     demo = sub.add_parser("demo", parents=[common], help="show pending codes surviving kill -9")
     demo.add_argument("--key", type=parse_key, help="segment key (default: a random one)")
@@ -344,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--host", default="127.0.0.1")
     cli.add_argument("--port", type=int, default=DEFAULT_PORT)
     cli.set_defaults(func=cmd_client)
+
+    relay = sub.add_parser(
+        "relay", parents=[common], help="the bus relay of this host (one per host)"
+    )
+    relay.add_argument("--config", default="bus.toml", help="the bus's TOML file")
+    relay.add_argument(
+        "--host", help="which host of the file this is (default: the one whose address is here)"
+    )
+    relay.set_defaults(func=cmd_relay)
 
     clean = sub.add_parser(
         "clean", parents=[common], help="remove a segment (refused while in use)"

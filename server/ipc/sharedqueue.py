@@ -146,6 +146,7 @@ class SharedQueue(TwoLocks, SleepAndWake, PeekAndCommit, QueueFacts, InSegment):
             crash.before_kill = self._half_done
         self._slot: int | None = None
         self._asleep: int | None = None  # the side whose mask holds our bit
+        self._selecting = 0  # prepare_wait's marks (sqwaiting)
         self._bell: Doorbell | None = None
         self._poker: Doorbell | None = None  # rings the others (it need not listen)
         self._addresses: list[str] = []
@@ -351,7 +352,7 @@ class SharedQueue(TwoLocks, SleepAndWake, PeekAndCommit, QueueFacts, InSegment):
 
     def close(self) -> None:
         """Give back our waiter slot, unbind our doorbell, detach."""
-        if self._asleep is not None:
+        if self._asleep is not None or self._selecting:
             with contextlib.suppress(Exception):
                 self.finish_wait()
         if self._slot is not None:

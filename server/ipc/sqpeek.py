@@ -36,6 +36,10 @@ class PeekAndCommit(QueueParts):
 
         def _wake(self, side: int, mask: int) -> None: ...
 
+        def fileno(self) -> int: ...
+
+        _selecting: int
+
     def peek(
         self, max_codes: int = 1 << 30, start: int | None = None, max_bytes: int = 1 << 20
     ) -> tuple[list[bytes], int]:
@@ -76,5 +80,23 @@ class PeekAndCommit(QueueParts):
         self._lock(POP, None)
         try:
             return int(self._ring.stats()["popped"])
+        finally:
+            self._unlock(POP)
+
+    def prepare_peek_wait(self, start: int) -> bool:
+        """About to sleep on ``fileno()`` until a code is pushed past
+        ``start`` (the end of a peek: the codes before it may still be
+        there, peeked, not committed).  False: one is there already.
+        ``finish_wait()`` after the sleep."""
+        self.fileno()
+        self._lock(POP, None)
+        try:
+            assert self._slot is not None
+            self._ctl.fall_asleep(POP, self._slot)
+            if self._ring.tail > start:
+                self._ctl.wake_up(POP, self._slot)
+                return False
+            self._selecting |= 1 << POP  # until finish_wait (see prepare_wait)
+            return True
         finally:
             self._unlock(POP)

@@ -40,6 +40,7 @@ class SleepAndWake(QueueParts):
     _addresses: list[str]
     _polls_logged: bool
     _spin_misses: int
+    _selecting: int  # bit 1 << side: marked asleep for a selectors loop (prepare_wait)
 
     if TYPE_CHECKING:  # TwoLocks', before us in the queue's bases
 
@@ -157,20 +158,35 @@ class SleepAndWake(QueueParts):
 
     def prepare_wait(self, room: int | None = None) -> bool:
         """About to sleep until a code is there (or, with ``room``, until
-        that many bytes are free).  False: no need, it is there already."""
+        that many bytes are free).  False: no need, it is there already.
+
+        The mark stays until ``finish_wait``, whatever this process does
+        with the queue meanwhile (a relay pushes and commits while it
+        waits), unlike a blocking call's, which its next lock clears."""
         self.fileno()
         side = POP if room is None else PUSH
         self._lock(side, None)
         try:
-            if room is None:
-                return self._fall_asleep(POP)
-            return self._fall_asleep(PUSH, room)
+            asleep = self._fall_asleep(POP) if room is None else self._fall_asleep(PUSH, room)
+            if asleep:
+                self._asleep = None
+                self._selecting |= 1 << side
+            return asleep
         finally:
             self._unlock(side)
 
     def finish_wait(self) -> None:
         if self._bell is not None:
             self._bell.drain()
+        for side in (POP, PUSH):
+            if self._selecting & (1 << side):
+                self._selecting &= ~(1 << side)
+                self._lock(side, None)
+                try:
+                    assert self._slot is not None
+                    self._ctl.wake_up(side, self._slot)
+                finally:
+                    self._unlock(side)
         if self._asleep is not None:
             side = self._asleep
             self._lock(side, None)  # clears our bit

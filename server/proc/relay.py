@@ -1,0 +1,229 @@
+"""The bus relay of one host: ``python -m server relay --config bus.toml [--host NAME]``.
+
+It forwards this host's outboxes to the relays of the other hosts, and
+pushes what they send into the inboxes of this host's endpoints
+(``server.ipc.bus``).  The protocol is ``server.core.buslink``; this module
+only moves bytes between sockets and queues, in one ``selectors`` loop.
+
+* For each other host, an *outgoing* link: it connects (backing off from
+  0.1 to 2 s between tries, logging each change of state once), sends
+  HELLO, learns from the peer's HELLO what it applied, frees those messages
+  from the outbox, and sends the rest, in order.  A message leaves the
+  outbox only when an ACK covers it (``SharedQueue.peek``/``commit``), so a
+  relay killed at any moment resends from where the peer really is.
+* Each *incoming* link (a peer's outgoing one) answers HELLO with the last
+  sequence applied from that peer, then applies DATA in order: one push
+  into the target's inbox *with a mark* (``push_many(mark=...)``: the push
+  and "applied up to seq S from host H" are one step), so a retransmission
+  is never applied twice.  What was applied is the largest mark of that
+  peer's slot over this host's inboxes.  ACKs go every ``ack_every``
+  messages or ``ack_ms`` after the first unacknowledged one.
+* Back-pressure: a full inbox stops reading that link (TCP flow control
+  makes the sender wait, then its outbox fills, then ``send`` waits); the
+  relay sleeps on the inbox until there is room.  Nothing is dropped and
+  nothing reconnects.
+
+SIGTERM or SIGINT stops it: it acknowledges what it applied and closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from ..core.busconfig import BusConfig
+from ..core.buslink import LinkError
+from ..core.sharedring import MARK_SLOTS
+from ..errors import ConfigError
+from ..ipc.sharedqueue import SharedQueue
+from .relaylinks import InLink, OutLink
+
+log = logging.getLogger("server.relay")
+
+TICK = 0.5
+
+Callback = Callable[[int], None]
+
+
+class Relay:
+    def __init__(self, config: BusConfig, host: str) -> None:
+        if len(config.hosts) > MARK_SLOTS:
+            raise ConfigError(
+                f"{config.path}: {len(config.hosts)} hosts; a bus has at most {MARK_SLOTS}",
+                option="hosts",
+                value=len(config.hosts),
+            )
+        self.config = config
+        self.me = config.host(host)
+        self.slots = {name: i for i, name in enumerate(sorted(config.hosts))}
+        self.inboxes = {
+            a: SharedQueue.open(config.inbox_key(a), config.inbox_bytes)
+            for a in config.endpoints_on(host)
+        }
+        self.sel = selectors.DefaultSelector()
+        self._watchers: dict[int, list[Callback]] = {}
+        self.stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.listener = self._listen()
+        self.outgoing = [OutLink(self, peer) for peer in sorted(config.hosts) if peer != host]
+        self.incoming: list[InLink] = []
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        old = signal.set_wakeup_fd(self._wake_w.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.watch(self._wake_r.fileno(), lambda _m: self._drain_wake())
+        self.watch(self.listener.fileno(), lambda _m: self._accept())
+        log.info(
+            "relay of host %s listening on %s; endpoints here: %s",
+            self.me.name,
+            self.me.listen,
+            ", ".join(self.inboxes) or "none",
+        )
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                for out in self.outgoing:
+                    out.tick(now)
+                for link in list(self.incoming):
+                    link.tick(now)
+                for key, mask in self.sel.select(self._timeout(now)):
+                    for callback in list(self._watchers.get(key.fd, ())):
+                        callback(mask)
+        finally:
+            signal.set_wakeup_fd(old)
+            self.close()
+
+    def _timeout(self, now: float) -> float:
+        due = [TICK] + [out.due(now) for out in self.outgoing]
+        due += [link.due(now) for link in self.incoming]
+        return max(0.0, min(d for d in due if d is not None))
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("relay of host %s stopping (%s)", self.me.name, signal.Signals(signum).name)
+        self.stopping = True
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- watching descriptors (several links may wait on one inbox) --------------------
+    def watch(self, fd: int, callback: Callback, events: int = selectors.EVENT_READ) -> None:
+        callbacks = self._watchers.setdefault(fd, [])
+        if callback not in callbacks:
+            callbacks.append(callback)
+        try:
+            old = self.sel.get_key(fd).events
+        except KeyError:
+            self.sel.register(fd, events)
+        else:
+            if old | events != old:
+                self.sel.modify(fd, old | events)
+
+    def unwatch(self, fd: int, callback: Callback, events: int | None = None) -> None:
+        callbacks = self._watchers.get(fd, [])
+        if events is not None and len(callbacks) > 1:
+            return  # shared: leave the registration
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks:
+            self._watchers.pop(fd, None)
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(fd)
+
+    def set_events(self, fd: int, events: int) -> None:
+        """A socket's own events (a socket has one watcher: its link)."""
+        try:
+            if events:
+                self.sel.modify(fd, events)
+        except (KeyError, ValueError):
+            pass
+
+    # -- connections -----------------------------------------------------------------------
+    def _listen(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.me.ip, self.me.port))
+        except OSError as err:
+            sock.close()
+            raise ConfigError(
+                f"{self.config.path}: host {self.me.name}'s relay cannot listen on "
+                f"{self.me.listen}: {err.strerror} (is another relay running, or is the "
+                f"address not on this machine?)",
+                option="listen",
+                value=self.me.listen,
+            ) from None
+        sock.listen(64)
+        sock.setblocking(False)
+        return sock
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.incoming.append(InLink(self, conn, f"{addr[0]}:{addr[1]}"))
+
+    def applied_from(self, peer: str) -> int:
+        """The last message from ``peer`` applied here: its largest mark."""
+        if peer not in self.slots or peer == self.me.name:
+            raise LinkError(f"HELLO from {peer!r}, which is not another host of {self.config.path}")
+        slot = self.slots[peer]
+        return max((q.mark(slot) for q in self.inboxes.values()), default=0)
+
+    def close(self) -> None:
+        for link in self.incoming[:]:
+            link.close("the relay stops")
+        for out in self.outgoing:
+            out.drop("the relay stops", reconnect=False)
+            out.outbox.close()
+        for inbox in self.inboxes.values():
+            inbox.close()
+        self.listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.sel.close()
+
+
+def this_host(config: BusConfig) -> str:
+    """The host of ``config`` whose listen address is on this machine; an
+    error unless exactly one is."""
+    here = []
+    for host in config.hosts.values():
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.bind((host.ip, 0))
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        here.append(host.name)
+    if len(here) != 1:
+        found = ", ".join(here) if here else "none"
+        raise ConfigError(
+            f"{config.path}: the hosts whose address is on this machine: {found}; "
+            f"say which this one is with --host",
+            option="host",
+            value=found,
+        )
+    return here[0]
+
+
+def run_relay(config: BusConfig, host: str) -> int:
+    Relay(config, host).run()
+    return 0

@@ -1,0 +1,349 @@
+"""The links of a bus relay (``server.proc.relay``): one socket each.
+
+``OutLink``: this host's messages for one peer, outbox -> DATA, ACK ->
+commit; it connects, and reconnects with back-off.  ``InLink``: a peer's
+messages for this host, DATA -> a marked push into the target's inbox ->
+ACK; a full inbox pauses it.  The rules are the relay module's docstring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import selectors
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from ..core.buslink import (
+    Acked,
+    AckTimer,
+    Duplicate,
+    Hello,
+    LinkError,
+    LinkReader,
+    Message,
+    SentWindow,
+    ack_frame,
+    data_frame,
+    envelope,
+    hello_frame,
+    open_envelope,
+)
+from ..core.ring import RECORD_HEADER
+from ..ipc.sharedqueue import SharedQueue
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger("server.relay")
+
+SEND_HIGH = 256 * 1024  # bytes queued for a socket before we stop peeking more
+PEEK = 64  # messages per peek
+BACKOFF = (0.1, 2.0)
+
+
+class _Conn:
+    """A non-blocking socket with a send buffer."""
+
+    def __init__(self, relay: Relay, sock: socket.socket) -> None:
+        self.relay = relay
+        self.sock = sock
+        self.out = bytearray()
+        self.fd = sock.fileno()
+
+    def send(self, data: bytes) -> None:
+        self.out += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self.out:
+            try:
+                n = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            del self.out[:n]
+        self.relay.set_events(self.fd, self.events())
+
+    def events(self) -> int:
+        return selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
+
+
+class OutLink:
+    """This host's messages for one peer: outbox -> DATA; ACK -> commit."""
+
+    def __init__(self, relay: Relay, peer: str) -> None:
+        cfg = relay.config
+        self.relay = relay
+        self.peer = cfg.host(peer)
+        self.outbox = SharedQueue.open(cfg.outbox_key(relay.me.name, peer), cfg.inbox_bytes)
+        self.conn: _Conn | None = None
+        self.connected = False
+        self.reader: LinkReader | None = None
+        self.window: SentWindow | None = None
+        self.next_try = 0.0
+        self.backoff = BACKOFF[0]
+        self.state = "new"
+        self.waiting = False  # asleep on the outbox
+
+    def due(self, now: float) -> float | None:
+        return None if self.conn is not None else max(0.0, self.next_try - now)
+
+    def tick(self, now: float) -> None:
+        if self.conn is None and now >= self.next_try:
+            self._connect()
+
+    def _say(self, state: str, level: int = logging.INFO, why: str = "") -> None:
+        if state != self.state:
+            log.log(level, "link %s -> %s: %s%s", self.relay.me.name, self.peer.name, state, why)
+            self.state = state
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex((self.peer.ip, self.peer.port))
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._retry(f" ({errno.errorcode.get(err, err)})")
+            return
+        self.conn = _Conn(self.relay, sock)
+        self.connected = False
+        self.relay.watch(self.conn.fd, self._on_socket, selectors.EVENT_WRITE)
+
+    def _retry(self, why: str) -> None:
+        self._say("down, retrying", logging.WARNING, why)
+        self.next_try = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, BACKOFF[1])
+
+    def _on_socket(self, mask: int) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        if not self.connected:
+            err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.drop(f" ({errno.errorcode.get(err, err)})")
+                return
+            self.connected = True
+            self.reader = LinkReader(applied=0, expected_peer=self.peer.name)
+            conn.send(hello_frame(self.relay.me.name, 0))
+            return
+        try:
+            if mask & selectors.EVENT_READ:
+                self._read()
+            if self.conn is not None and mask & selectors.EVENT_WRITE:
+                self.conn.flush()
+            self.pump()
+        except (LinkError, OSError) as err:
+            self.drop(f" ({err})")
+
+    def _read(self) -> None:
+        assert self.conn is not None and self.reader is not None
+        try:
+            data = self.conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            raise LinkError("the peer closed the connection")
+        for event in self.reader.feed(data):
+            if isinstance(event, Hello):
+                self._start(event.applied)
+            elif isinstance(event, Acked):
+                assert self.window is not None
+                end = self.window.acked(event.applied)
+                if end is not None:
+                    self.outbox.commit(end)
+            else:
+                raise LinkError(f"{type(event).__name__} on an outgoing link")
+
+    def _start(self, applied: int) -> None:
+        base = self.outbox.taken()
+        if applied > base:  # applied there, not yet freed here: free them now
+            codes, end = self.outbox.peek(applied - base)
+            if len(codes) != applied - base:
+                raise LinkError(f"the peer applied {applied}, but only {base + len(codes)} exist")
+            self.outbox.commit(end)
+            base = applied
+        elif applied < base:
+            log.error(
+                "link %s -> %s: the peer applied only %d of the %d it acknowledged before "
+                "(was its shared memory removed?); %d messages cannot be sent again",
+                self.relay.me.name,
+                self.peer.name,
+                applied,
+                base,
+                base - applied,
+            )
+        _codes, head = self.outbox.peek(0)
+        self.window = SentWindow(base, head)
+        self.backoff = BACKOFF[0]
+        self._say(f"up (the peer applied {applied})")
+        self.pump()
+
+    def pump(self) -> None:
+        """Send what the outbox holds, while the socket takes it."""
+        conn, window = self.conn, self.window
+        if conn is None or window is None:
+            return
+        while len(conn.out) < SEND_HIGH:
+            codes, _end = self.outbox.peek(PEEK, start=window.next_pos)
+            if not codes:
+                if self.outbox.prepare_peek_wait(window.next_pos):  # until an endpoint pushes
+                    if not self.waiting:
+                        self.waiting = True
+                        self.relay.watch(self.outbox.fileno(), self._on_outbox)
+                    break
+                continue
+            seqs = window.sending(codes, RECORD_HEADER)
+            frames = []
+            for seq, code in zip(seqs, codes, strict=True):
+                source, target, payload = open_envelope(code)
+                frames.append(data_frame(seq, source, target, payload))
+            conn.send(b"".join(frames))
+
+    def _on_outbox(self, _mask: int) -> None:
+        self.outbox.finish_wait()
+        self.waiting = False
+        self.relay.unwatch(self.outbox.fileno(), self._on_outbox)
+        try:
+            self.pump()
+        except (LinkError, OSError) as err:
+            self.drop(f" ({err})")
+
+    def drop(self, why: str, reconnect: bool = True) -> None:
+        if self.waiting:
+            self.outbox.finish_wait()
+            self.relay.unwatch(self.outbox.fileno(), self._on_outbox)
+            self.waiting = False
+        if self.conn is not None:
+            self.relay.unwatch(self.conn.fd, self._on_socket)
+            self.conn.sock.close()
+            self.conn = None
+        self.window = self.reader = None
+        if reconnect:
+            self._retry(why)
+
+
+class InLink:
+    """A peer's messages for this host: DATA -> marked push -> ACK."""
+
+    def __init__(self, relay: Relay, sock: socket.socket, where: str) -> None:
+        self.relay = relay
+        self.where = where
+        self.conn = _Conn(relay, sock)
+        self.reader = LinkReader(applied=relay.applied_from)
+        self.timer: AckTimer | None = None
+        self.pending: list[Message] = []
+        self.blocked_on: SharedQueue | None = None
+        relay.watch(self.conn.fd, self._on_socket)
+
+    @property
+    def peer(self) -> str:
+        return self.reader.peer or self.where
+
+    def due(self, now: float) -> float | None:
+        if self.timer is None:
+            return None
+        left = self.timer.timeout_ms(now * 1000)
+        return None if left is None else left / 1000
+
+    def tick(self, now: float) -> None:
+        if self.timer is not None:
+            ack = self.timer.due(self.reader.applied, now * 1000)
+            if ack is not None:
+                self.conn.send(ack_frame(ack))
+
+    def _on_socket(self, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_WRITE:
+                self.conn.flush()
+            if mask & selectors.EVENT_READ and self.blocked_on is None:
+                self._read()
+        except (LinkError, OSError) as err:
+            self.close(str(err))
+
+    def _read(self) -> None:
+        try:
+            data = self.conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            raise LinkError("the peer closed the connection")
+        for event in self.reader.feed(data):
+            if isinstance(event, Hello):
+                applied = self.reader.applied
+                self.timer = AckTimer(
+                    self.relay.config.ack_every, self.relay.config.ack_ms, applied
+                )
+                self.conn.send(hello_frame(self.relay.me.name, applied))
+                log.info("link %s -> %s: up (applied %d)", event.peer, self.relay.me.name, applied)
+            elif isinstance(event, Message):
+                self.pending.append(event)
+            elif not isinstance(event, Duplicate):
+                raise LinkError(f"{type(event).__name__} on an incoming link")
+        self._apply()
+
+    def _apply(self) -> None:
+        """Push the pending messages, in order; stop at a full inbox."""
+        relay = self.relay
+        slot = relay.slots[self.reader.peer or ""]
+        while self.pending:
+            msg = self.pending[0]
+            inbox = relay.inboxes.get(msg.target)
+            if inbox is None:
+                raise LinkError(
+                    f"message {msg.seq} is for {msg.target!r}, which does not live on host "
+                    f"{relay.me.name} (do both hosts have the same {relay.config.path}?)"
+                )
+            code = envelope(msg.source, msg.target, msg.payload)
+            if not inbox.push_many([code], timeout=0, mark=(slot, msg.seq)):
+                self._block(inbox, len(code) + RECORD_HEADER)
+                return
+            self.pending.pop(0)
+            self.reader.note_applied(msg.seq)
+            assert self.timer is not None
+            ack = self.timer.applied(msg.seq, time.monotonic() * 1000)
+            if ack is not None:
+                self.conn.send(ack_frame(ack))
+        self.relay.set_events(self.conn.fd, self.conn.events())
+
+    def _block(self, inbox: SharedQueue, room: int) -> None:
+        """The inbox is full: stop reading the link until it has room (the
+        socket leaves the selector: a readable socket we do not read would
+        wake us for ever)."""
+        if inbox.prepare_wait(room):
+            self.blocked_on = inbox
+            self.relay.unwatch(self.conn.fd, self._on_socket)
+            self.relay.watch(inbox.fileno(), self._on_room)
+            log.debug("link %s -> %s: paused, an inbox is full", self.peer, self.relay.me.name)
+        else:
+            self._apply()  # room came meanwhile
+
+    def _on_room(self, _mask: int) -> None:
+        inbox = self.blocked_on
+        if inbox is None:
+            return
+        inbox.finish_wait()
+        self.blocked_on = None
+        self.relay.unwatch(inbox.fileno(), self._on_room)
+        self.relay.watch(self.conn.fd, self._on_socket, self.conn.events())
+        try:
+            self._apply()
+        except (LinkError, OSError) as err:
+            self.close(str(err))
+
+    def close(self, why: str) -> None:
+        if self.timer is not None and self.reader.applied > self.timer.acked:
+            with contextlib.suppress(OSError):
+                self.conn.sock.send(ack_frame(self.reader.applied))
+        if self.blocked_on is not None:
+            self.blocked_on.finish_wait()
+            self.relay.unwatch(self.blocked_on.fileno(), self._on_room)
+            self.blocked_on = None
+        self.relay.unwatch(self.conn.fd, self._on_socket)
+        self.conn.sock.close()
+        if self in self.relay.incoming:
+            self.relay.incoming.remove(self)
+        log.info("link %s -> %s: closed (%s)", self.peer, self.relay.me.name, why)
