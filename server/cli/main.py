@@ -26,8 +26,7 @@ import time
 from ..core.app import check_app, load_app
 from ..core.config import DEFAULT_KEY, DEFAULT_PORT, ServerConfig
 from ..core.watchdog import EXIT_CORRUPT
-from ..errors import ConfigError, CorruptSegment, SegmentError, SegmentInUse, ServerError
-from ..ipc.doorbell import remove_doorbells
+from ..errors import ConfigError, CorruptSegment, ServerError
 from ..ipc.shm import SHMFactory
 
 # Each command imports what only it needs when it runs: a worker is restarted
@@ -92,71 +91,10 @@ def watch_status(key: int, interval: float = 1.0) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    if SHMFactory.exists(args.key):
-        foreign = SHMFactory.identify(args.key)
-        if foreign is not None and not args.force:
-            raise SegmentError(
-                f"segment 0x{args.key:08x} is not one of ours ({foreign}): another program's? "
-                f"left alone; remove it with clean --force if you are sure",
-                key=args.key,
-            )
-        if foreign is not None:
-            print(f"segment 0x{args.key:08x} is not one of ours ({foreign}); --force: removing it")
-    try:
-        if _is_shared_queue(args.key):
-            from ..ipc.sharedqueue import SharedQueue
+    from .clean import clean
 
-            removed = SharedQueue.remove(args.key)  # its two semaphores and doorbells too
-        else:
-            removed = SHMFactory.remove(args.key)
-    except SegmentInUse as err:
-        attached = err.attached
-        raise SegmentInUse(
-            f"segment 0x{args.key:08x} is still attached by {attached} process(es): is the "
-            f"server running? stop it first (Ctrl-C, or kill the supervisor pid that "
-            f"`inspect` shows)",
-            key=args.key,
-            attached=attached,
-        ) from None
-    if removed:
-        print(f"removed segment 0x{args.key:08x}")
-    else:
-        left = []
-        if _remove_orphan_locks(args.key):
-            left.append("the two semaphores of a shared queue")
-        bells = remove_doorbells(args.key)  # no segment: nobody can be listening
-        if bells:
-            left.append(f"{bells} doorbell socket file(s) of killed processes")
-        if left:
-            print(
-                f"no segment 0x{args.key:08x}, but removed what was left of it: {', '.join(left)}"
-            )
-        else:
-            print(f"no segment 0x{args.key:08x}: nothing to do")
+    clean(args.key, force=args.force)
     return EXIT_OK
-
-
-def _remove_orphan_locks(key: int) -> bool:
-    """A shared queue's push and pop locks, left without their segment
-    (an ``ipcrm -m``, or an opener killed before it made the segment).
-    Both must be there: one semaphore alone by that key may be anyone's."""
-    from ..ipc.semlock import lock_exists, pop_lock_key, remove_lock
-
-    pop_key = pop_lock_key(key)
-    if not (lock_exists(key) and lock_exists(pop_key)):
-        return False
-    return remove_lock(key) | remove_lock(pop_key)
-
-
-def _is_shared_queue(key: int) -> bool:
-    """Is segment ``key`` a SharedQueue's (whose semaphores go with it)?"""
-    if not SHMFactory.exists(key) or SHMFactory.identify(key) is not None:
-        return False
-    try:
-        with SHMFactory.attach(key) as shm:
-            return any(p.kind == "SharedQueue" for p in shm.placements())
-    except (CorruptSegment, SegmentError):
-        return False
 
 
 # -- run, worker, client ---------------------------------------------------------------
