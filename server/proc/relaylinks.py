@@ -44,10 +44,19 @@ PEEK = 64  # messages per peek
 BACKOFF = (0.1, 2.0)
 
 
+KEEPALIVE = (5, 2, 3)  # idle s, interval s, probes: a peer gone with its link is noticed
+
+
 class _Conn:
-    """A non-blocking socket with a send buffer."""
+    """A non-blocking socket with a send buffer.  TCP keepalive closes a
+    connection whose peer vanished while the link was down (no FIN came)."""
 
     def __init__(self, relay: Relay, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, probes = KEEPALIVE
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
         self.relay = relay
         self.sock = sock
         self.out = bytearray()

@@ -1,0 +1,104 @@
+"""Relay programs and numbered messages for the bus tests."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+from server import SharedQueue
+from server.bus import Bus, load_bus_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_config(path: Path, listens: dict[str, str], endpoints: dict[str, str]) -> str:
+    """A bus.toml with a random base key; returns its path."""
+    hosts = "".join(f'[hosts.{h}]\nlisten = "{addr}"\n\n' for h, addr in listens.items())
+    routes = "".join(f'"{a}" = "{h}"\n' for a, h in endpoints.items())
+    path.write_text(
+        f"[bus]\nkey = {random.randint(0x1000_0000, 0x7FFF_FFFF)}\ninbox_bytes = 65536\n"
+        f"ack_every = 16\nack_ms = 5\n\n{hosts}[endpoints]\n{routes}"
+    )
+    return str(path)
+
+
+def remove_queues(config: str) -> None:
+    cfg = load_bus_config(config)
+    for address in cfg.routes:
+        SharedQueue.remove(cfg.inbox_key(address))
+    for s in cfg.hosts:
+        for t in cfg.hosts:
+            if s != t:
+                SharedQueue.remove(cfg.outbox_key(s, t))
+
+
+class Relays:
+    """One relay program per host; ``prefix`` runs it inside that host."""
+
+    def __init__(self, config: str, prefixes: dict[str, list[str]] | None = None) -> None:
+        self.config = config
+        self.prefixes = prefixes or {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, host: str) -> None:
+        log = Path(self.config).with_name(f"relay-{host}.log")
+        self.logs[host] = log
+        cmd = [sys.executable, "-m", "server", "relay", "--config", self.config, "--host", host]
+        with open(log, "ab") as out:
+            self.procs[host] = subprocess.Popen(
+                self.prefixes.get(host, []) + cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def kill(self, host: str) -> None:
+        proc = self.procs[host]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def tracebacks(self) -> str:
+        text = "".join(p.read_text() for p in self.logs.values())
+        return text[-3000:] if "Traceback" in text else ""
+
+
+def numbered(i: int, source: str = "") -> bytes:
+    body = b"%s%d:" % (source.encode(), i) + b"x" * (i % 50)
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+SENDER = """
+import sys, zlib
+from server.bus import Bus
+config, source, target, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with Bus.open(source, config=config) as bus:
+    for i in range(n):
+        body = b"%s%d:" % (source.encode(), i) + b"x" * (i % 50)
+        assert bus.send(target, body + zlib.crc32(body).to_bytes(4, "big"), timeout=60)
+"""
+
+
+def start_sender(config: str, source: str, target: str, n: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", SENDER, config, source, target, str(n)], cwd=ROOT
+    )
+
+
+def receive(b: Bus, source: str, n: int, timeout: float) -> None:
+    """Exactly ``n`` numbered messages from ``source``, in order (and only from it)."""
+    for i in range(n):
+        got = b.recv(timeout=timeout)
+        assert got == (source, numbered(i, source)), f"message {i} from {source}: got {got!r}"
