@@ -108,3 +108,45 @@ def test_every_message_once_in_order_through_kills_and_link_drops(
                 s.wait()
         for inbox in inboxes.values():
             inbox.close()
+
+
+@pytest.mark.parametrize("mode", [MODE])
+def test_three_hosts_each_sending_to_the_next(tmp_path: Path, mode: str) -> None:
+    hosts = make_hosts(3)
+    print(f"hosts: {hosts.mode} {hosts.addresses}")
+    port = PORT if hosts.mode == "netns" else 20000 + random.randint(0, 20000)
+    names = ["h1", "h2", "h3"]
+    listens = {h: f"{ip}:{port}" for h, ip in zip(names, hosts.addresses, strict=True)}
+    endpoints = {f"{i + 1}.0.0.1": h for i, h in enumerate(names)}
+    config = write_config(tmp_path / "bus.toml", listens, endpoints)
+    relays = Relays(config, {h: hosts.prefix(i) for i, h in enumerate(names)})
+    pairs = [("1.0.0.1", "2.0.0.1"), ("2.0.0.1", "3.0.0.1"), ("3.0.0.1", "1.0.0.1")]
+    n = 20_000
+    inboxes: dict[str, Bus] = {}
+    senders = []
+    try:
+        for h in names:
+            relays.start(h)
+        inboxes = {t: Bus.open(t, config=config) for _, t in pairs}
+        senders = [start_sender(config, s, t, n) for s, t in pairs]
+        rng = random.Random()
+        for _ in range(3):
+            time.sleep(rng.uniform(0.1, 0.3))
+            host = rng.choice(names)
+            relays.kill(host)
+            relays.start(host)
+        for source, target in pairs:
+            receive(inboxes[target], source, n, timeout=30)
+        assert all(s.wait(60) == 0 for s in senders)
+        assert all(b.recv(timeout=0.3) is None for b in inboxes.values())
+        assert not relays.tracebacks()
+    finally:
+        for s in senders:
+            if s.poll() is None:
+                s.kill()
+                s.wait()
+        for b in inboxes.values():
+            b.close()
+        relays.stop()
+        remove_queues(config)
+        hosts.remove()

@@ -74,6 +74,7 @@ class Relay:
         self.listener = self._listen()
         self.outgoing = [OutLink(self, peer) for peer in sorted(config.hosts) if peer != host]
         self.incoming: list[InLink] = []
+        self._marks: dict[tuple[str, int], int] = {}
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -179,12 +180,29 @@ class Relay:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.incoming.append(InLink(self, conn, f"{addr[0]}:{addr[1]}"))
 
-    def applied_from(self, peer: str) -> int:
-        """The last message from ``peer`` applied here: its largest mark."""
+    def applied_from(self, peer: str, link: InLink) -> int:
+        """A HELLO from ``peer`` on ``link``: the last message from it applied
+        here (its largest mark).  An older link from the same peer is
+        closed first: its peer is gone (it reconnected), and what it still
+        held unapplied will come again on the new one."""
         if peer not in self.slots or peer == self.me.name:
             raise LinkError(f"HELLO from {peer!r}, which is not another host of {self.config.path}")
+        for old in [x for x in self.incoming if x is not link and x.reader.peer == peer]:
+            old.close("replaced by a new connection from the same host")
         slot = self.slots[peer]
-        return max((q.mark(slot) for q in self.inboxes.values()), default=0)
+        return max((self.last_mark(a, slot) for a in self.inboxes), default=0)
+
+    def last_mark(self, address: str, slot: int) -> int:
+        """The last seq from mark slot ``slot`` pushed into ``address``'s inbox
+        (read once from shared memory, then kept: only this relay pushes
+        with marks into this host's inboxes)."""
+        key = (address, slot)
+        if key not in self._marks:
+            self._marks[key] = self.inboxes[address].mark(slot)
+        return self._marks[key]
+
+    def pushed_marked(self, address: str, slot: int, seq: int) -> None:
+        self._marks[(address, slot)] = seq
 
     def close(self) -> None:
         for link in self.incoming[:]:

@@ -242,7 +242,7 @@ class InLink:
         self.relay = relay
         self.where = where
         self.conn = _Conn(relay, sock)
-        self.reader = LinkReader(applied=relay.applied_from)
+        self.reader = LinkReader(applied=lambda peer: relay.applied_from(peer, self))
         self.timer: AckTimer | None = None
         self.pending: list[Message] = []
         self.blocked_on: SharedQueue | None = None
@@ -306,10 +306,14 @@ class InLink:
                     f"message {msg.seq} is for {msg.target!r}, which does not live on host "
                     f"{relay.me.name} (do both hosts have the same {relay.config.path}?)"
                 )
-            code = envelope(msg.source, msg.target, msg.payload)
-            if not inbox.push_many([code], timeout=0, mark=(slot, msg.seq)):
-                self._block(inbox, len(code) + RECORD_HEADER)
-                return
+            if msg.seq <= relay.last_mark(msg.target, slot):  # applied already: never twice
+                log.warning("link %s: message %d was applied already; skipped", self.peer, msg.seq)
+            else:
+                code = envelope(msg.source, msg.target, msg.payload)
+                if not inbox.push_many([code], timeout=0, mark=(slot, msg.seq)):
+                    self._block(inbox, len(code) + RECORD_HEADER)
+                    return
+                relay.pushed_marked(msg.target, slot, msg.seq)
             self.pending.pop(0)
             self.reader.note_applied(msg.seq)
             assert self.timer is not None
