@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.buses import Relays, receive, remove_queues, start_sender, write_config
-from helpers.hosts import MODE, Hosts, make_hosts
 
 from server.bus import Bus
+from tools.busrig import Relays, receive, remove_queues, start_sender, write_config
+from tools.hosts import MODE, Hosts, make_hosts
 
 pytestmark = pytest.mark.timeout(150)
 PORT = 7301

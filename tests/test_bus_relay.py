@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.buses import Relays, numbered, receive, remove_queues, start_sender, write_config
 
 from server.bus import Bus
+from tools.busrig import Relays, numbered, receive, remove_queues, start_sender, write_config
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -53,7 +53,9 @@ def test_defaults() -> None:
         (('listen = "127.0.0.3:7201"', 'lisen = "127.0.0.3:7201"'), 9, "unknown setting 'lisen'"),
     ],
 )
-def test_errors_name_the_file_line_and_value(change: tuple[str, str], line: int, words: str) -> None:
+def test_errors_name_the_file_line_and_value(
+    change: tuple[str, str], line: int, words: str
+) -> None:
     text = GOOD.replace(*change)
     with pytest.raises(ConfigError) as err:
         parse_bus_config(text, "conf/bus.toml")

@@ -1,4 +1,4 @@
-"""Hosts for the bus tests: network namespaces joined by veth pairs (root and
+"""Hosts for the bus tests and tools: network namespaces joined by veth pairs (root and
 ``ip`` needed), or, where they cannot be made, loopback addresses.
 
 ``make_hosts(n)`` returns ``Hosts``: ``mode`` ("netns" or "loopback", which
@@ -47,6 +47,7 @@ class Hosts:
     addresses: list[str]
     namespaces: list[str] = field(default_factory=list)
     links: dict[int, tuple[str, str]] = field(default_factory=dict)  # host -> (netns, device)
+    routes: dict[int, list[str]] = field(default_factory=dict)  # host -> routes to restore
 
     def prefix(self, i: int) -> list[str]:
         return ["ip", "netns", "exec", self.namespaces[i]] if self.mode == "netns" else []
@@ -58,6 +59,8 @@ class Hosts:
     def restore(self, i: int) -> None:
         ns, dev = self.links[i]
         _ip("-n", ns, "link", "set", dev, "up")
+        for route in self.routes.get(i, []):  # a link going down took its routes with it
+            _ip("-n", ns, "route", "replace", *route.split())
 
     def remove(self) -> None:
         for ns in self.namespaces:
@@ -104,7 +107,9 @@ def make_hosts(n: int) -> Hosts:
         if n > 2:  # the others reach one another through host 0
             _ip("netns", "exec", names[0], "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
             for i in range(1, n):
-                _ip("-n", names[i], "route", "add", "10.77.0.0/16", "via", f"10.77.{i}.1")
+                route = f"10.77.0.0/16 via 10.77.{i}.1"
+                _ip("-n", names[i], "route", "add", *route.split())
+                hosts.routes[i] = [route]
         hosts.addresses = addresses
     except BaseException:
         hosts.remove()

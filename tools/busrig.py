@@ -1,4 +1,5 @@
-"""Relay programs and numbered messages for the bus tests."""
+"""A rig for the bus: relay programs, configurations, numbered messages
+(``tests/test_bus_*.py`` and ``tools.chaos_bus``)."""
 
 from __future__ import annotations
 
@@ -81,19 +82,26 @@ def numbered(i: int, source: str = "") -> bytes:
 
 
 SENDER = """
-import sys, zlib
+import sys, time, zlib
 from server.bus import Bus
 config, source, target, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+rate = float(sys.argv[5])
+start = time.monotonic()
 with Bus.open(source, config=config) as bus:
     for i in range(n):
         body = b"%s%d:" % (source.encode(), i) + b"x" * (i % 50)
         assert bus.send(target, body + zlib.crc32(body).to_bytes(4, "big"), timeout=60)
+        if rate and i % 1000 == 999:  # paced: so many per second at most
+            time.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
 """
 
 
-def start_sender(config: str, source: str, target: str, n: int) -> subprocess.Popen[bytes]:
+def start_sender(
+    config: str, source: str, target: str, n: int, rate: float = 0
+) -> subprocess.Popen[bytes]:
+    """A sender program: ``n`` numbered messages, at most ``rate`` per second (0: no limit)."""
     return subprocess.Popen(
-        [sys.executable, "-c", SENDER, config, source, target, str(n)], cwd=ROOT
+        [sys.executable, "-c", SENDER, config, source, target, str(n), str(rate)], cwd=ROOT
     )
 
 
