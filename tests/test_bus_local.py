@@ -124,3 +124,28 @@ def test_envelopes_from_shared_memory_are_checked() -> None:
             open_envelope(bad)
     with pytest.raises(ValueError, match="1..255 bytes"):
         envelope("", "b", b"")
+
+
+def test_the_bus_from_a_shell(config: str) -> None:
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "server", "bus", *args, "--config", config],
+            cwd=ROOT,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    words = cli("send", "--from", "1.0.0.1", "--to", "1.0.0.2", "hello", "there")
+    assert words.returncode == 0, words.stderr
+    lines = cli("send", "--from", "1.0.0.1", "--to", "1.0.0.2", stdin="one\ntwo\n")
+    assert lines.returncode == 0, lines.stderr
+    assert cli("send", "--from", "1.0.0.1", "--to", "2.0.0.1", "far").returncode == 0
+    stat = cli("stat", "--host", "h1")
+    assert "inbox  1.0.0.2" in stat.stdout and "3 waiting" in stat.stdout, stat.stdout
+    assert "outbox -> h2" in stat.stdout and "1 waiting, " in stat.stdout, stat.stdout
+    got = cli("recv", "--as", "1.0.0.2", "--count", "3", "--timeout", "2")
+    assert got.stdout.splitlines() == ["1.0.0.1: hello there", "1.0.0.1: one", "1.0.0.1: two"]
+    unknown = cli("send", "--from", "1.0.0.1", "--to", "9.9.9.9", "x")
+    assert unknown.returncode == 2 and "no endpoint '9.9.9.9'" in unknown.stderr

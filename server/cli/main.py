@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", metavar="{run,client,inspect,clean,demo,relay}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,client,inspect,clean,demo,relay,bus}")
 
     demo = sub.add_parser("demo", parents=[common], help="show pending codes surviving kill -9")
     demo.add_argument("--key", type=parse_key, help="segment key (default: a random one)")
@@ -299,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", help="which host of the file this is (default: the one whose address is here)"
     )
     relay.set_defaults(func=cmd_relay)
+
+    from .buscmd import add_parser as add_bus_parser
+
+    add_bus_parser(sub, common)
 
     clean = sub.add_parser(
         "clean", parents=[common], help="remove a segment (refused while in use)"

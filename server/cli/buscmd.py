@@ -1,0 +1,111 @@
+"""``python -m server bus send|recv|stat``: the bus from a shell, for scripts and demos.
+
+::
+
+    python -m server bus send --config bus.toml --from 1.0.0.1 --to 2.0.0.1 hello there
+    printf 'a\\nb\\n' | python -m server bus send --config bus.toml --from 1.0.0.1 --to 2.0.0.1
+    python -m server bus recv --config bus.toml --as 2.0.0.1 [--count N] [--timeout S]
+    python -m server bus stat --config bus.toml [--host h1]
+
+``send`` sends its words as one message, or each line of its input as one;
+``recv`` prints ``SOURCE: PAYLOAD`` per message (stops after ``--count``,
+or when nothing came for ``--timeout`` seconds; without either, it waits);
+``stat`` shows, for one host, each endpoint's inbox and each outbox to
+another host (waiting messages, and how many its relay has had
+acknowledged).  Only the queues that exist are shown: a look does not
+create them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..core.busconfig import load_bus_config
+from ..ipc.bus import Bus
+from ..ipc.sharedqueue import SharedQueue
+from ..ipc.shm import SHMFactory
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    bus = sub.add_parser("bus", parents=[common], help="send, receive or look at bus messages")
+    actions = bus.add_subparsers(dest="action", metavar="{send,recv,stat}", required=True)
+    send = actions.add_parser("send", parents=[common], help="send a message (or one per line)")
+    send.add_argument("--config", default="bus.toml")
+    send.add_argument("--from", dest="source", required=True, help="this endpoint's address")
+    send.add_argument("--to", dest="target", required=True, help="the target's address")
+    send.add_argument("--timeout", type=float, default=None, help="give up after this long")
+    send.add_argument("words", nargs="*", help="the message (none: one per line of input)")
+    recv = actions.add_parser("recv", parents=[common], help="print the messages for an endpoint")
+    recv.add_argument("--config", default="bus.toml")
+    recv.add_argument("--as", dest="address", required=True, help="the endpoint's address")
+    recv.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
+    recv.add_argument("--timeout", type=float, default=None, help="stop when none came this long")
+    stat = actions.add_parser("stat", parents=[common], help="inboxes and outboxes of a host")
+    stat.add_argument("--config", default="bus.toml")
+    stat.add_argument("--host", help="which host of the file (default: every host)")
+    bus.set_defaults(func=cmd_bus)
+
+
+def cmd_bus(args: argparse.Namespace) -> int:
+    if args.action == "send":
+        return _send(args)
+    if args.action == "recv":
+        return _recv(args)
+    return _stat(args)
+
+
+def _send(args: argparse.Namespace) -> int:
+    messages = [" ".join(args.words).encode()] if args.words else None
+    with Bus.open(args.source, config=args.config) as bus:
+        bus.config.host_of(args.target)  # an unknown target before anything is sent
+        for payload in messages if messages is not None else _lines():
+            if not bus.send(args.target, payload, timeout=args.timeout):
+                print(
+                    f"Error: {args.target}'s queue stayed full for {args.timeout} s",
+                    file=sys.stderr,
+                )
+                return 1
+    return 0
+
+
+def _lines() -> list[bytes]:
+    return [line.rstrip(b"\n") for line in sys.stdin.buffer]
+
+
+def _recv(args: argparse.Namespace) -> int:
+    with Bus.open(args.address, config=args.config) as bus:
+        got = 0
+        while not args.count or got < args.count:
+            message = bus.recv(timeout=args.timeout)
+            if message is None:
+                break
+            source, payload = message
+            print(f"{source}: {payload.decode(errors='backslashreplace')}", flush=True)
+            got += 1
+    return 0
+
+
+def _stat(args: argparse.Namespace) -> int:
+    cfg = load_bus_config(args.config)
+    hosts = [cfg.host(args.host).name] if args.host else sorted(cfg.hosts)
+    for host in hosts:
+        print(f"host {host} (relay on {cfg.hosts[host].listen})")
+        for address in cfg.endpoints_on(host):
+            print(f"  inbox  {address:<24} {_queue_text(cfg.inbox_key(address), cfg.inbox_bytes)}")
+        for peer in sorted(cfg.hosts):
+            if peer != host:
+                key = cfg.outbox_key(host, peer)
+                print(f"  outbox {'-> ' + peer:<24} {_queue_text(key, cfg.inbox_bytes, True)}")
+    return 0
+
+
+def _queue_text(key: int, capacity: int, outbox: bool = False) -> str:
+    if not SHMFactory.exists(key):
+        return f"0x{key:08x}  not made yet"
+    with SharedQueue.open(key, capacity) as q:
+        s = q.stats()
+    text = f"0x{key:08x}  {s['pending']} waiting, {s['used_bytes']}/{s['capacity']} bytes"
+    if outbox:
+        text += f", {s['popped']} acknowledged by the peer"
+    return text
