@@ -17,6 +17,7 @@ from server import SharedQueue
 from server.bus import Bus, load_bus_config
 from server.core.buslink import envelope, open_envelope
 from server.errors import BadCode, ConfigError
+from tools.busrig import remove_queues
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,13 +46,7 @@ listen = "127.0.0.3:7201"
 """
     )
     yield str(path)
-    cfg = load_bus_config(str(path))
-    for address in cfg.routes:
-        SharedQueue.remove(cfg.inbox_key(address))
-    for s in cfg.hosts:
-        for t in cfg.hosts:
-            if s != t:
-                SharedQueue.remove(cfg.outbox_key(s, t))
+    remove_queues(str(path))
 
 
 SENDER = """

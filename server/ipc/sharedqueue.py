@@ -313,16 +313,7 @@ class SharedQueue(TwoLocks, SleepAndWake, PeekAndCommit, QueueFacts, InSegment):
                 if out:
                     if crash is not None:
                         crash.hit("pop.copied")
-                    ring.note_popped(end, len(out))
-                    if crash is not None:
-                        crash.hit("pop.counted")
-                    ring.store_head(end)
-                    if crash is not None:
-                        crash.hit("pop.published")
-                    full_fence()  # the head before the sleepers
-                    mask = self._ctl.sleepers(PUSH)
-                    if mask:
-                        self._wake(PUSH, mask)
+                    self._take_up_to(end, len(out))  # sqpeek
                     return out
                 if not _passed(deadline):
                     spin = not spun

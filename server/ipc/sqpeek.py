@@ -58,21 +58,26 @@ class PeekAndCommit(QueueParts):
         try:
             ring = self._ring
             count = ring.records_between(ring.head, end)
-            crash = self._crash
             if count:
-                ring.note_popped(end, count)
-                if crash is not None:
-                    crash.hit("pop.counted")
-                ring.store_head(end)
-                if crash is not None:
-                    crash.hit("pop.published")
-                full_fence()  # the head before the sleepers
-                mask = self._ctl.sleepers(PUSH)
-                if mask:
-                    self._wake(PUSH, mask)
+                self._take_up_to(end, count)
             return count
         finally:
             self._unlock(POP)
+
+    def _take_up_to(self, end: int, count: int) -> None:
+        """Pop lock held: consume the ``count`` codes before ``end`` (checked
+        by the caller) and wake the writers waiting for room."""
+        ring, crash = self._ring, self._crash
+        ring.note_popped(end, count)
+        if crash is not None:
+            crash.hit("pop.counted")
+        ring.store_head(end)
+        if crash is not None:
+            crash.hit("pop.published")
+        full_fence()  # the head before the sleepers
+        mask = self._ctl.sleepers(PUSH)
+        if mask:
+            self._wake(PUSH, mask)
 
     def taken(self) -> int:
         """How many codes were taken from the queue, ever (exact: a dead

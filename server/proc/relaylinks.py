@@ -62,6 +62,16 @@ class _Conn:
         self.out = bytearray()
         self.fd = sock.fileno()
 
+    def recv(self) -> bytes:
+        """What the socket has (b"" if nothing now); LinkError at its end."""
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        if not data:
+            raise LinkError("the peer closed the connection")
+        return data
+
     def send(self, data: bytes) -> None:
         self.out += data
         self.flush()
@@ -150,13 +160,7 @@ class OutLink:
 
     def _read(self) -> None:
         assert self.conn is not None and self.reader is not None
-        try:
-            data = self.conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        if not data:
-            raise LinkError("the peer closed the connection")
-        for event in self.reader.feed(data):
+        for event in self.reader.feed(self.conn.recv()):
             if isinstance(event, Hello):
                 self._start(event.applied)
             elif isinstance(event, Acked):
@@ -274,13 +278,7 @@ class InLink:
             self.close(str(err))
 
     def _read(self) -> None:
-        try:
-            data = self.conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        if not data:
-            raise LinkError("the peer closed the connection")
-        for event in self.reader.feed(data):
+        for event in self.reader.feed(self.conn.recv()):
             if isinstance(event, Hello):
                 applied = self.reader.applied
                 self.timer = AckTimer(
