@@ -170,6 +170,19 @@ def test_a_writer_killed_inside_the_lock_hurts_nobody(key: int, point: str) -> N
         assert s["repairs"]["push"] == (0 if point == "push.unlocking" else 1)
 
 
+def test_a_writer_killed_while_copying_into_a_full_queue_leaves_it_whole(key: int) -> None:
+    with SharedQueue.open(key, 4096) as q:
+        codes = [b"%04d" % i * 25 for i in range(100)]
+        pushed = []
+        for code in codes:
+            if not q.push(code, timeout=0):
+                break
+            pushed.append(code)
+        done = run(key, "q.push(b'v' * 100, timeout=0)", crash="push.copying")
+        assert done.returncode == -9, done.stderr
+        assert q.pop_many(1000, timeout=0) == pushed  # no byte of theirs overwritten
+
+
 @pytest.mark.parametrize("point", [p for p in CRASH_POINTS if p.startswith("pop.")])
 def test_a_reader_killed_inside_the_lock_leaves_its_code(key: int, point: str) -> None:
     with SharedQueue.open(key, 4096) as q:

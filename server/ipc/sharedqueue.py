@@ -332,10 +332,12 @@ class SharedQueue(TwoLocks, SleepAndWake, PeekAndCommit, QueueFacts, InSegment):
             # else a code came as we fell asleep: look again at once
 
     def _half_done(self, point: str) -> None:
-        """Crash point ``push.copying``: leave half a record past the tail."""
+        """Crash point ``push.copying``: leave half a record past the tail,
+        in free space only (as a real copy would: it never starts without room)."""
         if point == "push.copying" and self._staging:
             record = _pack_len(len(self._staging)) + bytes(self._staging)
-            self._ring.write_at(self._ring.tail, record[: max(1, len(record) // 2)])
+            half = min(max(1, len(record) // 2), self._ring.room())
+            self._ring.write_at(self._ring.tail, record[:half])
 
     # -- facts ---------------------------------------------------------------------------
     def __len__(self) -> int:
