@@ -41,6 +41,7 @@ log = logging.getLogger("server.relay")
 
 SEND_HIGH = 256 * 1024  # bytes queued for a socket before we stop peeking more
 PEEK = 64  # messages per peek
+RUN = 64  # messages per marked push into one inbox
 BACKOFF = (0.1, 2.0)
 
 
@@ -293,32 +294,49 @@ class InLink:
         self._apply()
 
     def _apply(self) -> None:
-        """Push the pending messages, in order; stop at a full inbox."""
+        """Push the pending messages, in order, a run for one inbox per
+        lock round trip (one marked push_many); stop at a full inbox."""
         relay = self.relay
         slot = relay.slots[self.reader.peer or ""]
         while self.pending:
-            msg = self.pending[0]
-            inbox = relay.inboxes.get(msg.target)
+            first = self.pending[0]
+            inbox = relay.inboxes.get(first.target)
             if inbox is None:
                 raise LinkError(
-                    f"message {msg.seq} is for {msg.target!r}, which does not live on host "
+                    f"message {first.seq} is for {first.target!r}, which does not live on host "
                     f"{relay.me.name} (do both hosts have the same {relay.config.path}?)"
                 )
-            if msg.seq <= relay.last_mark(msg.target, slot):  # applied already: never twice
-                log.warning("link %s: message %d was applied already; skipped", self.peer, msg.seq)
-            else:
-                code = envelope(msg.source, msg.target, msg.payload)
-                if not inbox.push_many([code], timeout=0, mark=(slot, msg.seq)):
-                    self._block(inbox, len(code) + RECORD_HEADER)
-                    return
-                relay.pushed_marked(msg.target, slot, msg.seq)
-            self.pending.pop(0)
+            if first.seq <= relay.last_mark(first.target, slot):  # applied already: never twice
+                log.warning(
+                    "link %s: message %d was applied already; skipped", self.peer, first.seq
+                )
+                self._applied(1)
+                continue
+            run = [first]
+            for msg in self.pending[1:RUN]:
+                if msg.target != first.target:
+                    break
+                run.append(msg)
+            codes = [envelope(m.source, m.target, m.payload) for m in run]
+            done = inbox.push_many(codes, timeout=0, mark=(slot, first.seq))
+            if done:
+                relay.pushed_marked(first.target, slot, first.seq + done - 1)
+                self._applied(done)
+            if done < len(run):
+                self._block(inbox, len(codes[done]) + RECORD_HEADER)
+                return
+        self.relay.set_events(self.conn.fd, self.conn.events())
+
+    def _applied(self, count: int) -> None:
+        """The first ``count`` pending messages are applied (or were already)."""
+        assert self.timer is not None
+        now_ms = time.monotonic() * 1000
+        for msg in self.pending[:count]:
             self.reader.note_applied(msg.seq)
-            assert self.timer is not None
-            ack = self.timer.applied(msg.seq, time.monotonic() * 1000)
+            ack = self.timer.applied(msg.seq, now_ms)
             if ack is not None:
                 self.conn.send(ack_frame(ack))
-        self.relay.set_events(self.conn.fd, self.conn.events())
+        del self.pending[:count]
 
     def _block(self, inbox: SharedQueue, room: int) -> None:
         """The inbox is full: stop reading the link until it has room (the
