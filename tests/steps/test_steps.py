@@ -57,6 +57,7 @@ INTERRUPT_AFTER = {
     "step08_heartbeat": "working on a request of 2 s",
     "step09_chat_room": "Three users join",
     "step10_many_writers": "[writer B] pushed B1",
+    "step11_bus": "alice got 'hello alice'",
     "step12_keep_connections": "answered 'line 1'",
 }
 

@@ -25,7 +25,7 @@ STEPS = sorted(p.stem for p in (ROOT / "steps").glob("step[0-9][0-9]_*.py"))
 MASKS = [
     (re.compile(r"\bpid \d+"), "pid <PID>"),
     (re.compile(r"\b0x[0-9a-f]{8}\b"), "0x<KEY>"),
-    (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<PORT>"),
+    (re.compile(r"127\.0\.0\.(\d+):\d+"), r"127.0.0.\1:<PORT>"),  # step 11: .2 and .3 too
     (re.compile(r"\(\d+ times send\(\)"), "(<N> times send()"),  # step 02: how the kernel split
 ]
 
