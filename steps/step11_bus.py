@@ -33,6 +33,11 @@ sends five messages: they wait in h1's outbox.  A new relay starts on h2;
 the two relays exchange HELLOs, h1 learns what h2 applied, sends the rest,
 and bob gets all five, once each, in order; h1's outbox is empty again.
 
+The relay program is a supervisor that runs the relay as a process of its
+own and restarts it when it dies or hangs (``server/proc/relaysup.py``);
+here the whole program is killed, supervisor and all, so that the messages
+have time to wait, and the step starts it again.
+
 **Read next.**  ``server/core/buslink.py`` (the protocol), ``server/proc/relay.py``
 and ``relaylinks.py`` (the relay), ``server/ipc/sqpeek.py`` and the marks
 of ``server/core/sharedring.py`` (what makes it exactly once).
@@ -49,6 +54,7 @@ import time
 from pathlib import Path
 
 from server import SharedQueue
+from server.ipc.shm import SHMFactory
 from server.bus import Bus, load_bus_config
 from steps._kit import Child, DemoError, Stage, run, say
 
@@ -83,6 +89,7 @@ def remove_queues(config: str) -> None:
         SharedQueue.remove(cfg.inbox_key(address))
     for source, target in (("h1", "h2"), ("h2", "h1")):
         SharedQueue.remove(cfg.outbox_key(source, target))
+        SHMFactory.remove(cfg.relay_key(source))  # the relay's board (its processes, its links)
 
 
 def _wait_until_empty(outbox: SharedQueue) -> None:

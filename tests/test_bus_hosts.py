@@ -30,5 +30,6 @@ def test_every_message_once_in_order_through_kills_and_link_drops(
     assert report["ok"], report["problems"]
     assert report["hosts"].startswith(mode)
     assert report["relay kills"] == 4
+    assert report["of which the relay process (restarted by its supervisor)"] == 2
     if mode == "netns":
         assert report["link drops"] == 2

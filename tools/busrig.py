@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
 from server import SharedQueue
 from server.bus import Bus, load_bus_config
+from server.core.status import Role
+from server.ipc.shm import SHMFactory
+from server.proc.relaysup import open_board
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,21 +33,48 @@ def write_config(path: Path, listens: dict[str, str], endpoints: dict[str, str])
 
 
 def remove_queues(config: str) -> None:
+    """Every queue and relay board of the bus (the relays are stopped)."""
     cfg = load_bus_config(config)
     for address in cfg.routes:
         SharedQueue.remove(cfg.inbox_key(address))
     for s in cfg.hosts:
+        SHMFactory.remove(cfg.relay_key(s))
         for t in cfg.hosts:
             if s != t:
                 SharedQueue.remove(cfg.outbox_key(s, t))
 
 
+def relay_pid(config: str, host: str, timeout: float = 10.0) -> int:
+    """The pid of ``host``'s relay process (the one its supervisor runs),
+    once there is one."""
+    cfg = load_bus_config(config)
+    deadline = time.monotonic() + timeout
+    while True:
+        if SHMFactory.exists(cfg.relay_key(host)):
+            shm, status, _links = open_board(cfg, host, owner=False)
+            try:
+                pid = status.pid(Role.RELAY)
+            finally:
+                shm.detach()
+            if pid:
+                return pid
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"host {host}'s relay did not start within {timeout} s")
+        time.sleep(0.02)
+
+
 class Relays:
     """One relay program per host; ``prefix`` runs it inside that host."""
 
-    def __init__(self, config: str, prefixes: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        config: str,
+        prefixes: dict[str, list[str]] | None = None,
+        options: tuple[str, ...] = (),
+    ) -> None:
         self.config = config
         self.prefixes = prefixes or {}
+        self.options = list(options)  # more options of ``server relay``
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
@@ -50,15 +82,24 @@ class Relays:
         log = Path(self.config).with_name(f"relay-{host}.log")
         self.logs[host] = log
         cmd = [sys.executable, "-m", "server", "relay", "--config", self.config, "--host", host]
+        cmd += self.options
         with open(log, "ab") as out:
             self.procs[host] = subprocess.Popen(
                 self.prefixes.get(host, []) + cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
             )
 
     def kill(self, host: str) -> None:
+        """SIGKILL the whole relay program (its supervisor: the kernel then
+        kills the relay it ran); ``start`` starts it again."""
         proc = self.procs[host]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+
+    def kill_relay(self, host: str) -> int:
+        """SIGKILL the relay process only: its supervisor restarts it."""
+        pid = relay_pid(self.config, host)
+        os.kill(pid, signal.SIGKILL)
+        return pid
 
     def stop(self) -> None:
         for proc in self.procs.values():

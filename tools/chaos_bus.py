@@ -8,7 +8,9 @@ It makes the hosts (network namespaces joined by veth pairs, as root; else
 loopback addresses, and then no link drops: it says which), runs one relay
 in each, and sends ``--messages`` numbered, checksummed messages from an
 endpoint on each sending host (programs of their own) while it
-``SIGKILL``s a random relay ``--kills`` times, restarting it at once, and
+``SIGKILL``s a random relay ``--kills`` times (every other one the relay
+process, which its supervisor restarts; the others the whole relay
+program, which this tool starts again at once), and
 takes a random host's link down ``--drops`` times for 0.5-2 s, at random
 moments.  Every message must arrive exactly once and in order.  Exit status
 1 otherwise.  Every run is bounded in time (``--limit``); whatever it made
@@ -55,7 +57,7 @@ def run(
     inboxes: dict[str, Bus] = {}
     senders = []
     errors: list[str] = []
-    done = {"kills": 0, "drops": 0}
+    done = {"kills": 0, "drops": 0, "relay processes": 0}
     start = time.monotonic()
     try:
         for h in names:
@@ -82,7 +84,12 @@ def run(
             if not any(r.is_alive() for r in readers):
                 break
             i = random.randrange(hosts_n)
-            if fault == "kill":
+            if fault == "kill" and done["kills"] % 2 == 0:  # its supervisor restarts it
+                relays.kill_relay(names[i])
+                time.sleep(random.uniform(0.0, 0.5))
+                done["kills"] += 1
+                done["relay processes"] += 1
+            elif fault == "kill":  # the whole program: started again by hand
                 relays.kill(names[i])
                 time.sleep(random.uniform(0.0, 0.5))
                 relays.start(names[i])
@@ -125,6 +132,7 @@ def run(
         "streams": ", ".join(f"{s} -> {t}" for s, t in pairs),
         "messages per stream": messages,
         "relay kills": done["kills"],
+        "of which the relay process (restarted by its supervisor)": done["relay processes"],
         "link drops": done["drops"] if hosts.mode == "netns" else "none (loopback addresses)",
         "seconds": round(time.monotonic() - start, 1),
         "ok": not errors,

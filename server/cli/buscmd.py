@@ -10,21 +10,20 @@
 ``send`` sends its words as one message, or each line of its input as one;
 ``recv`` prints ``SOURCE: PAYLOAD`` per message (stops after ``--count``,
 or when nothing came for ``--timeout`` seconds; without either, it waits);
-``stat`` shows, for one host, each endpoint's inbox and each outbox to
-another host (waiting messages, and how many its relay has had
-acknowledged).  Only the queues that exist are shown: a look does not
-create them.
+``stat`` shows, for one host (or each), its relay and links and each
+endpoint's inbox and each outbox to another host, as ``inspect --bus``
+does (``server.cli.busview``).  A look creates nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from ..core.busconfig import load_bus_config
 from ..ipc.bus import Bus
-from ..ipc.sharedqueue import SharedQueue
-from ..ipc.shm import SHMFactory
+from .busview import describe_bus, format_bus
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -44,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     stat = actions.add_parser("stat", parents=[common], help="inboxes and outboxes of a host")
     stat.add_argument("--config", default="bus.toml")
     stat.add_argument("--host", help="which host of the file (default: every host)")
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
     bus.set_defaults(func=cmd_bus)
 
 
@@ -87,25 +87,13 @@ def _recv(args: argparse.Namespace) -> int:
 
 
 def _stat(args: argparse.Namespace) -> int:
-    cfg = load_bus_config(args.config)
-    hosts = [cfg.host(args.host).name] if args.host else sorted(cfg.hosts)
-    for host in hosts:
-        print(f"host {host} (relay on {cfg.hosts[host].listen})")
-        for address in cfg.endpoints_on(host):
-            print(f"  inbox  {address:<24} {_queue_text(cfg.inbox_key(address), cfg.inbox_bytes)}")
-        for peer in sorted(cfg.hosts):
-            if peer != host:
-                key = cfg.outbox_key(host, peer)
-                print(f"  outbox {'-> ' + peer:<24} {_queue_text(key, cfg.inbox_bytes, True)}")
+    return show_bus(args.config, args.host, as_json=args.json)
+
+
+def show_bus(path: str, host: str | None, *, as_json: bool = False) -> int:
+    """``bus stat`` and ``inspect --bus``: one host of the bus, or every host."""
+    cfg = load_bus_config(path)
+    hosts = [cfg.host(host).name] if host else sorted(cfg.hosts)
+    views = [describe_bus(cfg, h) for h in hosts]
+    print(json.dumps(views, indent=2) if as_json else "\n\n".join(map(format_bus, views)))
     return 0
-
-
-def _queue_text(key: int, capacity: int, outbox: bool = False) -> str:
-    if not SHMFactory.exists(key):
-        return f"0x{key:08x}  not made yet"
-    with SharedQueue.open(key, capacity) as q:
-        s = q.stats()
-    text = f"0x{key:08x}  {s['pending']} waiting, {s['used_bytes']}/{s['capacity']} bytes"
-    if outbox:
-        text += f", {s['popped']} acknowledged by the peer"
-    return text

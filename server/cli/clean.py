@@ -56,6 +56,22 @@ def clean(key: int, *, force: bool) -> None:
             print(f"no segment 0x{key:08x}: nothing to do")
 
 
+def clean_bus(path: str, host: str | None, *, force: bool) -> None:
+    """Every queue and relay board of the bus in ``path`` on this machine
+    (of one host, or of every host): inboxes, outboxes, the relays' boards."""
+    from ..core.busconfig import load_bus_config
+
+    cfg = load_bus_config(path)
+    hosts = [cfg.host(host).name] if host else sorted(cfg.hosts)
+    keys = []
+    for h in hosts:
+        keys += [cfg.inbox_key(a) for a in cfg.endpoints_on(h)]
+        keys += [cfg.outbox_key(h, peer) for peer in sorted(cfg.hosts) if peer != h]
+        keys.append(cfg.relay_key(h))
+    for key in keys:
+        clean(key, force=force)
+
+
 def _remove_orphan_locks(key: int) -> bool:
     """A shared queue's push and pop locks, left without their segment
     (an ``ipcrm -m``, or an opener killed before it made the segment).

@@ -63,6 +63,10 @@ def parse_key(text: str) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import describe, format_set_aside, format_status
 
+    if args.bus:
+        from .buscmd import show_bus
+
+        return show_bus(args.bus, args.host, as_json=args.json)
     if args.watch:
         return watch_status(args.key)
     with SHMFactory.attach(args.key) as shm:
@@ -91,9 +95,12 @@ def watch_status(key: int, interval: float = 1.0) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from .clean import clean
+    from .clean import clean, clean_bus
 
-    clean(args.key, force=args.force)
+    if args.bus:
+        clean_bus(args.bus, args.host, force=args.force)
+    else:
+        clean(args.key, force=args.force)
     return EXIT_OK
 
 
@@ -169,10 +176,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     from ..core.busconfig import load_bus_config
-    from ..proc.relay import run_relay, this_host
+    from ..proc.relay import this_host
+    from ..proc.relaysup import run_relay
 
     config = load_bus_config(args.config)
-    return run_relay(config, args.host or this_host(config))
+    if args.hang_timeout <= 0:
+        raise ConfigError(
+            f"--hang-timeout {args.hang_timeout!r}: seconds > 0",
+            option="--hang-timeout",
+            value=args.hang_timeout,
+        )
+    return run_relay(config, args.host or this_host(config), args.listen_fd, args.hang_timeout)
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -227,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the requests set aside as poison (with --json: their payloads in hex)",
     )
+    inspect.add_argument(
+        "--bus", metavar="FILE", help="show a bus host instead: its relay, links and queues"
+    )
+    inspect.add_argument("--host", help="with --bus: which host (default: every host)")
     inspect.set_defaults(func=cmd_inspect)
 
     run = sub.add_parser(
@@ -298,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument(
         "--host", help="which host of the file this is (default: the one whose address is here)"
     )
+    relay.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=5.0,
+        help="kill and restart a frozen relay: no heartbeat for this long (default 5)",
+    )
+    relay.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # its supervisor's
     relay.set_defaults(func=cmd_relay)
 
     from .buscmd import add_parser as add_bus_parser
@@ -311,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument(
         "--force", action="store_true", help="remove it even if it is not one of our segments"
     )
+    clean.add_argument(
+        "--bus", metavar="FILE", help="remove every queue and relay board of this bus instead"
+    )
+    clean.add_argument("--host", help="with --bus: only this host's (default: every host's)")
     clean.set_defaults(func=cmd_clean)
     return parser
 

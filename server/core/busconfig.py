@@ -105,6 +105,11 @@ class BusConfig:
         to ``target_host``'s relay."""
         return derive_key(self.key, "outbox", f"{source_host}>{target_host}")
 
+    def relay_key(self, host: str) -> int:
+        """The key of the small segment where ``host``'s relay and its
+        supervisor show how they and the links are doing (for ``inspect``)."""
+        return derive_key(self.key, "relay", host)
+
 
 def derive_key(base: int, kind: str, name: str) -> int:
     """A 32-bit key from the bus's base key and a queue's name: stable on
@@ -157,6 +162,7 @@ def _check_keys(config: BusConfig, where: _Where) -> None:
         for t in config.hosts
         if s != t
     ]
+    queues += [(f"host {h}'s relay board", config.relay_key(h), ("hosts", h)) for h in config.hosts]
     for what, key, at in queues:
         if key in names:
             raise where.error(

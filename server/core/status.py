@@ -57,6 +57,12 @@ class Role(enum.IntEnum):
     SUPERVISOR = 0
     CONNECT = 1
     LOGIC = 2
+    RELAY = 3  # a bus relay, on its own board (``server.proc.relaysup``)
+
+
+SERVER_ROLES = (Role.SUPERVISOR, Role.CONNECT, Role.LOGIC)
+RELAY_ROLES = (Role.SUPERVISOR, Role.RELAY)
+RELAY_BOARD = "relay_status"  # the name of a relay's board: it shows the relay roles
 
 
 class WorkerState(enum.IntEnum):
@@ -238,12 +244,12 @@ class StatusBoard(InSegment):
 
     # -- inspector ------------------------------------------------------------------
     def report(self, name: str) -> dict[str, Any]:
-        return self.describe()
+        return self.describe(RELAY_ROLES if name == RELAY_BOARD else SERVER_ROLES)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, roles: tuple[Role, ...] = SERVER_ROLES) -> dict[str, Any]:
         w = self._w
         processes: dict[str, Any] = {}
-        for role in Role:
+        for role in roles:
             raw_reason = w[_role_word(role, _REASON)]
             detail = w[_role_word(role, _DETAIL)]
             try:

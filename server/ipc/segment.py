@@ -31,6 +31,7 @@ from ..core.config import ServerConfig
 from ..core.conntable import ConnTable
 from ..core.header import HEADER_SIZE, StartMode, align_up
 from ..core.journal import StepJournal
+from ..core.linkboard import LinkBoard
 from ..core.placed import InSegment
 from ..core.setaside import CAPACITY as SETASIDE_CAPACITY
 from ..core.setaside import SetAsideLog
@@ -56,6 +57,7 @@ KINDS: dict[str, type[InSegment]] = {
         SetAsideLog,
         StreamLedger,
         SharedQueue,
+        LinkBoard,
     )
 }
 

@@ -29,6 +29,7 @@ SIGTERM or SIGINT stops it: it acknowledges what it applied and closes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import selectors
 import signal
@@ -38,9 +39,12 @@ from collections.abc import Callable
 
 from ..core.busconfig import BusConfig
 from ..core.buslink import LinkError
+from ..core.linkboard import REGION_SIZE as LINKS_SIZE
+from ..core.linkboard import LinkBoard, LinkSlot
 from ..core.sharedring import MARK_SLOTS
 from ..errors import ConfigError
 from ..ipc.sharedqueue import SharedQueue
+from .common import Heartbeat, Parent
 from .relaylinks import InLink, OutLink
 
 log = logging.getLogger("server.relay")
@@ -51,7 +55,21 @@ Callback = Callable[[int], None]
 
 
 class Relay:
-    def __init__(self, config: BusConfig, host: str) -> None:
+    """One host's relay.  ``listener``: the socket its supervisor bound
+    (None: bind here); ``links``: the board where it shows its links (None:
+    a private one); ``heartbeat``: its supervisor's heartbeat, bumped each
+    turn of the loop (then the relay also stops when the supervisor is
+    gone)."""
+
+    def __init__(
+        self,
+        config: BusConfig,
+        host: str,
+        *,
+        listener: socket.socket | None = None,
+        links: LinkBoard | None = None,
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
         if len(config.hosts) > MARK_SLOTS:
             raise ConfigError(
                 f"{config.path}: {len(config.hosts)} hosts; a bus has at most {MARK_SLOTS}",
@@ -71,8 +89,15 @@ class Relay:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.listener = self._listen()
-        self.outgoing = [OutLink(self, peer) for peer in sorted(config.hosts) if peer != host]
+        self.listener = listener if listener is not None else bind_relay(config, host)
+        self.listener.setblocking(False)
+        self.heartbeat = heartbeat
+        self.parent = Parent() if heartbeat is not None else None
+        others = [peer for peer in sorted(config.hosts) if peer != host]
+        if links is None:
+            links = LinkBoard(memoryview(bytearray(LINKS_SIZE)), init=True)
+        self.board: dict[str, LinkSlot] = dict(zip(others, links.open(others), strict=True))
+        self.outgoing = [OutLink(self, peer) for peer in others]
         self.incoming: list[InLink] = []
         self._marks: dict[tuple[str, int], int] = {}
 
@@ -92,6 +117,13 @@ class Relay:
         try:
             while not self.stopping:
                 now = time.monotonic()
+                if self.heartbeat is not None:
+                    self.heartbeat.turns += 1
+                    if self.parent is not None and self.parent.gone():
+                        log.warning(
+                            "relay of host %s: the supervisor is gone; stopping", self.me.name
+                        )
+                        break
                 for out in self.outgoing:
                     out.tick(now)
                 for link in list(self.incoming):
@@ -152,24 +184,6 @@ class Relay:
             pass
 
     # -- connections -----------------------------------------------------------------------
-    def _listen(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.me.ip, self.me.port))
-        except OSError as err:
-            sock.close()
-            raise ConfigError(
-                f"{self.config.path}: host {self.me.name}'s relay cannot listen on "
-                f"{self.me.listen}: {err.strerror} (is another relay running, or is the "
-                f"address not on this machine?)",
-                option="listen",
-                value=self.me.listen,
-            ) from None
-        sock.listen(64)
-        sock.setblocking(False)
-        return sock
-
     def _accept(self) -> None:
         while True:
             try:
@@ -201,8 +215,10 @@ class Relay:
             self._marks[key] = self.inboxes[address].mark(slot)
         return self._marks[key]
 
-    def pushed_marked(self, address: str, slot: int, seq: int) -> None:
+    def pushed_marked(self, address: str, slot: int, seq: int, count: int) -> None:
         self._marks[(address, slot)] = seq
+        if self.heartbeat is not None:
+            self.heartbeat.meter.progress[0] += count
 
     def close(self) -> None:
         for link in self.incoming[:]:
@@ -216,6 +232,33 @@ class Relay:
         self._wake_r.close()
         self._wake_w.close()
         self.sel.close()
+
+
+def bind_relay(config: BusConfig, host: str, patience: float = 0.0) -> socket.socket:
+    """The relay's listening socket; a clear error if the address is taken
+    (after ``patience`` seconds: the relay of a killed supervisor lets go
+    of it a moment later) or is not on this machine."""
+    me = config.host(host)
+    deadline = time.monotonic() + patience
+    while True:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((me.ip, me.port))
+        except OSError as err:
+            sock.close()
+            if err.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            raise ConfigError(
+                f"{config.path}: host {me.name}'s relay cannot listen on {me.listen}: "
+                f"{err.strerror} (is another relay running, or is the address not on this "
+                f"machine?)",
+                option="listen",
+                value=me.listen,
+            ) from None
+        sock.listen(64)
+        return sock
 
 
 def this_host(config: BusConfig) -> str:
@@ -240,8 +283,3 @@ def this_host(config: BusConfig) -> str:
             value=found,
         )
     return here[0]
-
-
-def run_relay(config: BusConfig, host: str) -> int:
-    Relay(config, host).run()
-    return 0

@@ -31,10 +31,13 @@ from ..core.buslink import (
     hello_frame,
     open_envelope,
 )
+from ..core.linkboard import LinkState
 from ..core.ring import RECORD_HEADER
 from ..ipc.sharedqueue import SharedQueue
+from .relayconn import Conn
 
 if TYPE_CHECKING:
+    from ..core.linkboard import LinkSlot
     from .relay import Relay
 
 log = logging.getLogger("server.relay")
@@ -45,51 +48,6 @@ RUN = 64  # messages per marked push into one inbox
 BACKOFF = (0.1, 2.0)
 
 
-KEEPALIVE = (5, 2, 3)  # idle s, interval s, probes: a peer gone with its link is noticed
-
-
-class _Conn:
-    """A non-blocking socket with a send buffer.  TCP keepalive closes a
-    connection whose peer vanished while the link was down (no FIN came)."""
-
-    def __init__(self, relay: Relay, sock: socket.socket) -> None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        idle, interval, probes = KEEPALIVE
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
-        self.relay = relay
-        self.sock = sock
-        self.out = bytearray()
-        self.fd = sock.fileno()
-
-    def recv(self) -> bytes:
-        """What the socket has (b"" if nothing now); LinkError at its end."""
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return b""
-        if not data:
-            raise LinkError("the peer closed the connection")
-        return data
-
-    def send(self, data: bytes) -> None:
-        self.out += data
-        self.flush()
-
-    def flush(self) -> None:
-        while self.out:
-            try:
-                n = self.sock.send(self.out)
-            except (BlockingIOError, InterruptedError):
-                break
-            del self.out[:n]
-        self.relay.set_events(self.fd, self.events())
-
-    def events(self) -> int:
-        return selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
-
-
 class OutLink:
     """This host's messages for one peer: outbox -> DATA; ACK -> commit."""
 
@@ -98,7 +56,7 @@ class OutLink:
         self.relay = relay
         self.peer = cfg.host(peer)
         self.outbox = SharedQueue.open(cfg.outbox_key(relay.me.name, peer), cfg.inbox_bytes)
-        self.conn: _Conn | None = None
+        self.conn: Conn | None = None
         self.connected = False
         self.reader: LinkReader | None = None
         self.window: SentWindow | None = None
@@ -106,6 +64,7 @@ class OutLink:
         self.backoff = BACKOFF[0]
         self.state = "new"
         self.waiting = False  # asleep on the outbox
+        self.board = relay.board[peer]
 
     def due(self, now: float) -> float | None:
         return None if self.conn is not None else max(0.0, self.next_try - now)
@@ -114,7 +73,10 @@ class OutLink:
         if self.conn is None and now >= self.next_try:
             self._connect()
 
-    def _say(self, state: str, level: int = logging.INFO, why: str = "") -> None:
+    def _say(self, state: str, code: LinkState, level: int = logging.INFO, why: str = "") -> None:
+        if code is not self.board.out_state[0]:
+            self.board.out_state[0] = code
+            self.board.out_since[0] = int(time.time() * 1000)
         if state != self.state:
             log.log(level, "link %s -> %s: %s%s", self.relay.me.name, self.peer.name, state, why)
             self.state = state
@@ -128,12 +90,14 @@ class OutLink:
             sock.close()
             self._retry(f" ({errno.errorcode.get(err, err)})")
             return
-        self.conn = _Conn(self.relay, sock)
+        self.conn = Conn(self.relay, sock, self.board.out_bytes)
         self.connected = False
+        if self.board.out_state[0] != LinkState.DOWN:
+            self._say(f"connecting to {self.peer.listen}", LinkState.CONNECTING, logging.DEBUG)
         self.relay.watch(self.conn.fd, self._on_socket, selectors.EVENT_WRITE)
 
     def _retry(self, why: str) -> None:
-        self._say("down, retrying", logging.WARNING, why)
+        self._say("down, retrying", LinkState.DOWN, logging.WARNING, why)
         self.next_try = time.monotonic() + self.backoff
         self.backoff = min(self.backoff * 2, BACKOFF[1])
 
@@ -169,6 +133,7 @@ class OutLink:
                 end = self.window.acked(event.applied)
                 if end is not None:
                     self.outbox.commit(end)
+                    self.board.out_acked[0] = event.applied
             else:
                 raise LinkError(f"{type(event).__name__} on an outgoing link")
 
@@ -193,7 +158,9 @@ class OutLink:
         _codes, head = self.outbox.peek(0)
         self.window = SentWindow(base, head)
         self.backoff = BACKOFF[0]
-        self._say(f"up (the peer applied {applied})")
+        self.board.out_acked[0] = self.board.out_sent[0] = base
+        self.board.out_ups[0] += 1
+        self._say(f"up (the peer applied {applied})", LinkState.UP)
         self.pump()
 
     def pump(self) -> None:
@@ -211,6 +178,7 @@ class OutLink:
                     break
                 continue
             seqs = window.sending(codes, RECORD_HEADER)
+            self.board.out_sent[0] = seqs[-1]
             frames = []
             for seq, code in zip(seqs, codes, strict=True):
                 source, target, payload = open_envelope(code)
@@ -246,8 +214,9 @@ class InLink:
     def __init__(self, relay: Relay, sock: socket.socket, where: str) -> None:
         self.relay = relay
         self.where = where
-        self.conn = _Conn(relay, sock)
+        self.conn = Conn(relay, sock)
         self.reader = LinkReader(applied=lambda peer: relay.applied_from(peer, self))
+        self.board: LinkSlot | None = None  # once the HELLO says who the peer is
         self.timer: AckTimer | None = None
         self.pending: list[Message] = []
         self.blocked_on: SharedQueue | None = None
@@ -286,6 +255,12 @@ class InLink:
                     self.relay.config.ack_every, self.relay.config.ack_ms, applied
                 )
                 self.conn.send(hello_frame(self.relay.me.name, applied))
+                self.board = board = self.relay.board[event.peer]
+                self.conn.counter = board.in_bytes
+                board.in_applied[0] = applied
+                board.in_ups[0] += 1
+                board.in_state[0] = LinkState.UP
+                board.in_since[0] = int(time.time() * 1000)
                 log.info("link %s -> %s: up (applied %d)", event.peer, self.relay.me.name, applied)
             elif isinstance(event, Message):
                 self.pending.append(event)
@@ -320,7 +295,9 @@ class InLink:
             codes = [envelope(m.source, m.target, m.payload) for m in run]
             done = inbox.push_many(codes, timeout=0, mark=(slot, first.seq))
             if done:
-                relay.pushed_marked(first.target, slot, first.seq + done - 1)
+                relay.pushed_marked(first.target, slot, first.seq + done - 1, done)
+                if self.board is not None:
+                    self.board.in_applied[0] = first.seq + done - 1
                 self._applied(done)
             if done < len(run):
                 self._block(inbox, len(codes[done]) + RECORD_HEADER)
@@ -373,6 +350,11 @@ class InLink:
             self.blocked_on = None
         self.relay.unwatch(self.conn.fd, self._on_socket)
         self.conn.sock.close()
+        if self.board is not None and not any(
+            x.board is self.board for x in self.relay.incoming if x is not self
+        ):
+            self.board.in_state[0] = LinkState.DOWN
+            self.board.in_since[0] = int(time.time() * 1000)
         if self in self.relay.incoming:
             self.relay.incoming.remove(self)
         log.info("link %s -> %s: closed (%s)", self.peer, self.relay.me.name, why)
