@@ -54,8 +54,8 @@ import time
 from pathlib import Path
 
 from server import SharedQueue
-from server.ipc.shm import SHMFactory
 from server.bus import Bus, load_bus_config
+from server.ipc.shm import SHMFactory
 from steps._kit import Child, DemoError, Stage, run, say
 
 ALICE, BOB = "alice@h1", "bob@h2"

@@ -4,8 +4,8 @@ programs, and sends for another host waiting in its outbox."""
 from __future__ import annotations
 
 import random
-import selectors
 import re
+import selectors
 import subprocess
 import sys
 import time
