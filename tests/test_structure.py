@@ -94,10 +94,10 @@ def test_every_kind_places_and_reports_the_same_way_on_a_bytearray() -> None:
             report, kind.place(found, p.name, kind.param_of(p.size), observer=True).report(p.name)
         )
     assert report["connections"] == 0 and report["set_aside"] == 0 and "processes" in report
-    assert report["set_aside_kept"] == 0
+    assert report["set_aside_kept"] == 0 and report["room_steps"] == 0
     found.detach()
     shm.detach()
-    assert len(placed) == 5
+    assert len(placed) == 6
 
 
 def test_the_server_layout_starts_after_the_header() -> None:
@@ -110,6 +110,7 @@ def test_the_server_layout_starts_after_the_header() -> None:
         "conns",
         "setaside",
         "streams",
+        "busjournal",
     ]
     assert segment_size(layout) > HEADER_SIZE + 2 * ServerConfig().queue_bytes
     assert KINDS["CodeQueue"].param_of(layout[0][2]) == ServerConfig().queue_bytes

@@ -145,7 +145,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         framing=args.framing or getattr(app, "framing", "length"),
         **{name: getattr(args, name) for name in TUNABLES},
         full_message=getattr(app, "full_message", ServerConfig.full_message),
+        bus=os.path.abspath(args.bus) if args.bus else "",
+        endpoint=args.endpoint or "",
     ).validate()
+    if cfg.bus:  # a wrong file or endpoint fails here, not in a crash loop of the logic process
+        from ..core.busconfig import load_bus_config
+        from ..proc.room import check_sizes
+
+        bus = load_bus_config(cfg.bus)
+        bus.sender_slot(cfg.endpoint)
+        check_sizes(cfg, bus.inbox_bytes, bus.path)
     from ..proc.supervisor import Supervisor
     from ..proc.workers import raise_fd_limit
 
@@ -284,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
             default=default,
             help=f"{help_text} ({shown})",
         )
+    run.add_argument(
+        "--bus",
+        metavar="FILE",
+        help="join a bus (its bus.toml): broadcasts reach the servers of the room too",
+    )
+    run.add_argument(
+        "--endpoint",
+        help="with --bus: this server's address on it, e.g. chat@h1 (its room: chat)",
+    )
     run.add_argument(
         "--discard-pending",
         action="store_true",

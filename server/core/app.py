@@ -59,12 +59,22 @@ class Outbox:
         self.size = 0  # bytes in the queue, record headers included
         self.last: Conn | None = None  # whose SEND code is being built in parts
         self.parts: list[bytes] = []
+        self.remote: list[bytes] | None = None  # on a bus: the broadcasts for the room, unframed
 
     def clear(self) -> None:
         self.codes = []
         self.size = 0
         self.last = None
         self.parts = []
+
+    def take_remote(self) -> list[bytes]:
+        """The broadcasts for the room since the last take (none off a bus;
+        ``take`` and ``clear`` leave them)."""
+        remote = self.remote
+        if not remote:
+            return []
+        self.remote = []
+        return remote
 
     def take(self) -> tuple[list[bytes], int]:
         self._finish()
@@ -99,6 +109,8 @@ class Outbox:
 
     def broadcast(self, data: bytes, exclude: int = NO_CONN) -> None:
         self._add(Kind.BROADCAST, exclude, self.encode_frame(bytes(data)))
+        if self.remote is not None:
+            self.remote.append(bytes(data))
 
     def close(self, conn: int, reason: str = "closed by the app") -> None:
         self._add(Kind.CLOSE, conn, reason.encode())

@@ -24,7 +24,9 @@ class Chat:
     """A chat room: each line a user sends reaches every other user.
 
     Line framing, so ``nc 127.0.0.1 7000`` (or ``python -m server client``)
-    is a chat client.  The sender gets no copy of its own lines.
+    is a chat client.  The sender gets no copy of its own lines.  On a bus
+    (``run --bus bus.toml --endpoint chat@h1``) the room spans every server
+    of it: their lines arrive prefixed with the server's address.
     """
 
     framing = "line"
@@ -44,3 +46,7 @@ class Chat:
 
     def on_close(self, conn: Conn) -> None:
         conn.broadcast(b"* " + self.name(conn) + b" left")
+
+    def on_remote(self, source: str, line: bytes) -> bytes:
+        """A line from another server of the room (``run --bus``): say whose."""
+        return b"[" + source.encode() + b"] " + line

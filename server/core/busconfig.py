@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .sharedring import MARK_SLOTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,6 +95,28 @@ class BusConfig:
 
     def endpoints_on(self, host: str) -> list[str]:
         return sorted(a for a, h in self.routes.items() if h == host)
+
+    def room_peers(self, address: str) -> list[str]:
+        """The other endpoints of ``address``'s room: same part before ``@``."""
+        self.host_of(address)
+        room = address.split("@", 1)[0]
+        return sorted(a for a in self.routes if a != address and a.split("@", 1)[0] == room)
+
+    def sender_slot(self, address: str) -> int:
+        """The mark slot a server at ``address`` pushes with (into outboxes
+        and local inboxes): counted down from the last, so it never meets a
+        relay's (host numbers, counted up from 0)."""
+        host = self.host_of(address).name
+        slot = MARK_SLOTS - 1 - self.endpoints_on(host).index(address)
+        if slot < len(self.hosts):
+            raise ConfigError(
+                f"{self.path}: host {host} has {len(self.endpoints_on(host))} endpoints and the bus "
+                f"{len(self.hosts)} hosts; a server on the bus needs them to add up to at most "
+                f"{MARK_SLOTS}",
+                option="endpoints",
+                value=address,
+            )
+        return slot
 
     def inbox_key(self, address: str) -> int:
         """The System V key of endpoint ``address``'s inbox (on its host)."""

@@ -40,6 +40,8 @@ class ServerConfig:
     stop_timeout: float = 30.0  # a graceful stop gives up when nothing moved this long
     request_timeout: float = 30.0  # seconds one request may run before the logic process is killed
     full_message: str = "server full: too many connections"
+    bus: str = ""  # a bus.toml: the logic process is endpoint ``endpoint`` of that bus
+    endpoint: str = ""
 
     def validate(self) -> ServerConfig:
         def bad(option: str, value: object, wanted: str) -> ConfigError:
@@ -82,6 +84,10 @@ class ServerConfig:
             raise bad("--stop-timeout", self.stop_timeout, "seconds > 0")
         if self.request_timeout <= 0:
             raise bad("--request-timeout", self.request_timeout, "seconds > 0")
+        if bool(self.bus) != bool(self.endpoint):
+            given, other = ("--bus", "--endpoint") if self.bus else ("--endpoint", "--bus")
+            value = self.bus or self.endpoint
+            raise bad(given, value, f"give {other} too (a server on a bus is one of its endpoints)")
         return self
 
     @property

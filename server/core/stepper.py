@@ -34,6 +34,11 @@ For the watchdog the stepper writes to the status board (``meter``): one
 word per request started, a "busy since" stamp around every run of the app,
 and the codes it consumed.
 
+On a bus (``room``: ``server.core.bridge``), the step's broadcasts go to
+the other servers of the room just before its replies are published, keyed
+by where the step ends in the inbound stream, so a redone step is not sent
+twice.
+
 The process shell (``server.proc.logic``) only loops ``step()`` and sleeps
 on the inbound doorbell when there is nothing to do.
 """
@@ -80,6 +85,7 @@ class LogicStepper:
         clock: Callable[[], float] | None = None,
         setaside: SetAsideLog | None = None,
         wall_clock: Callable[[], float] | None = None,
+        room: Callable[[int, list[bytes]], bool] | None = None,
     ) -> None:
         self.inbound = inbound
         self.outbound = outbound
@@ -94,7 +100,11 @@ class LogicStepper:
         self.soft_limit = outbound.capacity // 4
         # replies, their size, the inbound head after them, codes consumed,
         # and (careful mode, inside a code) the next request, else 0
-        self.held: tuple[list[bytes], int, int, int, int] | None = None
+        # and the step's broadcasts for the room (on a bus: ``room``)
+        self.held: tuple[list[bytes], int, int, int, int, list[bytes]] | None = None
+        self.room = room
+        if room is not None:
+            self.outbox.remote = []
         self.set_aside = 0
         # Called with the step number between publishing a step's replies
         # and consuming its codes: the process shell's fault injection.
@@ -132,7 +142,7 @@ class LogicStepper:
                 break
         self._busy(None)
         replies, size = outbox.take()
-        self.held = (replies, size, pos, n, 0)
+        self.held = (replies, size, pos, n, 0, outbox.take_remote())
         return self._publish()
 
     def _careful(self, head: int) -> int:
@@ -183,10 +193,11 @@ class LogicStepper:
             self.dispatcher.handle(code, k, 1)
             self._busy(None)
             replies, size = self.outbox.take()
+        remote = self.outbox.take_remote()
         if last:
-            self.held = (replies, size, end, 1, 0)
+            self.held = (replies, size, end, 1, 0, remote)
         else:
-            self.held = (replies, size, head, 0, k + 1)
+            self.held = (replies, size, head, 0, k + 1, remote)
         return self._publish()
 
     def _busy(self, conn: int | None) -> None:
@@ -201,10 +212,14 @@ class LogicStepper:
 
     def _publish(self) -> int:
         assert self.held is not None
-        replies, size, in_head, n, part = self.held
+        replies, size, in_head, n, part, remote = self.held
         outbound = self.outbound
         if outbound.room() < size:
             return self.BLOCKED
+        # The room first: a crash after it and before our replies redoes the
+        # step, whose message the room then has already (its mark, the key).
+        if remote and self.room is not None and not self.room(in_head + part, remote):
+            return self.BLOCKED  # a queue of the room is full: try again
         if part:  # one request of a code: its replies out, the code stays
             self.journal.record_part(outbound.tail + size, in_head, part)
             self._push(replies)

@@ -12,6 +12,7 @@ header records it, and RECOVER checks it)::
     conns     ConnTable    8 * max_conns              connect
     setaside  SetAsideLog  256 + 64 KiB               logic (poison requests kept)
     streams   StreamLedger 128 * max_conns            connect (where each stream stands)
+    busjournal BusJournal  64                         logic (on a bus: the room's steps)
 
 Every kind is placed the same way (``server.core.placed``): ``objects(cfg)``
 lists (name, kind, parameter), and both the layout that ``create_product``
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from ..core.bridge import BusJournal
 from ..core.config import ServerConfig
 from ..core.conntable import ConnTable
 from ..core.header import HEADER_SIZE, StartMode, align_up
@@ -58,6 +60,7 @@ KINDS: dict[str, type[InSegment]] = {
         StreamLedger,
         SharedQueue,
         LinkBoard,
+        BusJournal,
     )
 }
 
@@ -72,6 +75,7 @@ def objects(cfg: ServerConfig) -> Objects:
         ("conns", ConnTable, cfg.max_conns),
         ("setaside", SetAsideLog, SETASIDE_CAPACITY),
         ("streams", StreamLedger, cfg.max_conns),
+        ("busjournal", BusJournal, 0),
     ]
 
 
@@ -164,6 +168,7 @@ class ServerSegment:
     conns: ConnTable
     setaside: SetAsideLog
     streams: StreamLedger
+    busjournal: BusJournal
 
     def __init__(self, shm: SharedMemory, cfg: ServerConfig) -> None:
         self.shm = shm

@@ -79,6 +79,14 @@ class PeekAndCommit(QueueParts):
         if mask:
             self._wake(PUSH, mask)
 
+    def positions(self) -> tuple[int, int]:
+        """The stream positions of the head and the tail, right now."""
+        self._lock(POP, None)
+        try:
+            return self._ring.head, self._ring.tail
+        finally:
+            self._unlock(POP)
+
     def taken(self) -> int:
         """How many codes were taken from the queue, ever (exact: a dead
         reader's half-counted pop is repaired)."""

@@ -24,7 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.app import load_app
 from ..core.config import ServerConfig
@@ -33,6 +33,9 @@ from ..core.status import Role
 from ..core.stepper import LogicStepper
 from ..ipc.segment import ServerSegment
 from .common import TICK, Heartbeat, Parent, enable_stack_dumps
+
+if TYPE_CHECKING:
+    from .room import Room
 
 log = logging.getLogger("server.logic")
 
@@ -71,14 +74,29 @@ def main(cfg: ServerConfig) -> int:
     app = load_app(cfg.app)()
     seg = ServerSegment.attach(cfg)
     heartbeat = Heartbeat(seg.status.meter(Role.LOGIC)).start()
+    framing = make_framing(cfg.framing, cfg.max_frame)
+    room = None
     try:
-        return _run(seg, app, stop, make_framing(cfg.framing, cfg.max_frame), heartbeat)
+        if cfg.bus:
+            from .room import Room
+
+            room = Room(cfg, seg, app, framing)
+        return _run(seg, app, stop, framing, heartbeat, room)
     finally:
         heartbeat.stop()
+        if room is not None:
+            room.close()
         seg.detach()
 
 
-def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing, heartbeat: Heartbeat) -> int:
+def _run(
+    seg: ServerSegment,
+    app: Any,
+    stop: _Stop,
+    framing: Framing,
+    heartbeat: Heartbeat,
+    room: Room | None = None,
+) -> int:
     inbound, outbound, status = seg.inbound, seg.outbound, seg.status
     hook = crash_after_step(int(os.environ.get(CRASH_ENV) or 0))
     stepper = LogicStepper(
@@ -92,8 +110,12 @@ def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing, heartbeat:
         clock=time.monotonic,
         setaside=seg.setaside,
         wall_clock=time.time,
+        room=room,
     )
     finished = stepper.recover()
+    bridge = room.bridge if room is not None else None
+    if bridge is not None and bridge.recover():
+        log.info("finished the room step a crashed process had published")
     inbound.recover_consumer()
     outbound.recover_producer()
     log.info(
@@ -111,22 +133,25 @@ def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing, heartbeat:
     while True:
         heartbeat.turns += 1
         done = stepper.step()
-        errors = stepper.dispatcher.errors
+        got = 0
+        if bridge is not None and not stop.requested:  # stopping: they wait in the inbox
+            got = bridge.step()
+        errors = stepper.dispatcher.errors + (bridge.errors if bridge is not None else 0)
         if errors != errors_reported:
             status.add("app_errors", errors - errors_reported)
             errors_reported = errors
         if stop.reload and done not in (LogicStepper.PARTIAL, LogicStepper.BLOCKED):
             log.info("SIGHUP: the step under way is done; handing over to a new logic process")
             break
-        if done > 0 or done == LogicStepper.PARTIAL:
+        if done > 0 or done == LogicStepper.PARTIAL or got > 0:
             backoff = 0.0
             continue
-        if done == LogicStepper.BLOCKED:
+        if LogicStepper.BLOCKED in (done, got):  # BridgeStep.BLOCKED is the same -1
             if stop.requested:  # nobody is left to drain the outbound queue
                 log.warning("stopping with replies waiting for room; the next start redoes them")
                 break
             backoff = min(0.02, backoff * 2 or 0.0005)
-            time.sleep(backoff)  # replies wait for the connect process to drain
+            time.sleep(backoff)  # replies wait for the connect process (or the room) to drain
             continue
         if stop.requested:
             break
@@ -136,6 +161,9 @@ def _run(seg: ServerSegment, app: Any, stop: _Stop, framing: Framing, heartbeat:
                 "the supervisor is gone; serving on (`python -m server run` with the same key "
                 "adopts this process; SIGTERM stops it)"
             )
-        inbound.wait(timeout=TICK)
+        if room is not None:
+            room.wait(inbound, TICK)
+        else:
+            inbound.wait(timeout=TICK)
     log.info("stopped: %d codes processed in all", inbound.stats()["popped"])
     return 0
