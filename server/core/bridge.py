@@ -203,8 +203,13 @@ class BridgeStep:
         outbox: Any,  # a server.core.app.Outbox: frames the payloads
         on_remote: Callable[[str, bytes], bytes | None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        after_publish: Callable[[int], None] | None = None,
     ) -> None:
         self.inbox = inbox
+        # Called with the step number between publishing a step's replies and
+        # taking its messages: the process shell's fault injection.
+        self.after_publish = after_publish
+        self.steps = 0
         self.outbound = outbound
         self.journal = journal
         self.outbox = outbox
@@ -248,6 +253,9 @@ class BridgeStep:
         pushed = self.outbound.push_many(replies)
         if pushed != len(replies):  # cannot happen: the room was checked
             raise RuntimeError(f"published {pushed} of {len(replies)} room replies")
+        self.steps += 1
+        if self.after_publish is not None:
+            self.after_publish(self.steps)
         self.inbox.commit(end)
         self.journal.succeeded()
         self.held = None

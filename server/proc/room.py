@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import selectors
 from typing import Any
 
@@ -34,8 +35,15 @@ from ..errors import ConfigError
 from ..ipc.codequeue import CodeQueue
 from ..ipc.segment import ServerSegment
 from ..ipc.sharedqueue import SharedQueue
+from .logic import crash_after_step
 
 log = logging.getLogger("server.logic")
+
+# Test-only fault injection, as the logic process's STCP_CRASH_AFTER_PUBLISHING_STEP:
+# SIGKILL after publishing room step N, before taking its messages from the inbox.
+ROOM_CRASH_ENV = "STCP_CRASH_AFTER_ROOM_STEP"
+# ... and after queuing the room message of step N, before publishing its replies.
+SEND_CRASH_ENV = "STCP_CRASH_AFTER_ROOM_SEND"
 
 
 def check_sizes(cfg: ServerConfig, inbox_bytes: int, path: str) -> None:
@@ -70,6 +78,8 @@ class Room:
             i = sum(1 for _, q, _ in self.targets if q.key == key)
             self.targets.append((peer, self.queues[key], i))
         self.last = {key: q.mark(self.slot) for key, q in self.queues.items()}
+        self.sends = 0
+        self.after_send = crash_after_step(int(os.environ.get(SEND_CRASH_ENV) or 0))
         outbox = Outbox(limit=seg.outbound.ring.capacity, encode_frame=framing.encode)
         self.bridge = BridgeStep(
             self.inbox,
@@ -78,6 +88,7 @@ class Room:
             outbox,
             on_remote=getattr(app, "on_remote", None),
             on_error=log.error,
+            after_publish=crash_after_step(int(os.environ.get(ROOM_CRASH_ENV) or 0)),
         )
         peers = ", ".join(p for p, _, _ in self.targets) or "none (only this one in bus.toml)"
         log.info(
@@ -106,6 +117,9 @@ class Room:
                 if queue.push_many([code], timeout=0, mark=(self.slot, mark)) != 1:
                     return False
                 self.last[queue.key] = mark
+        self.sends += 1
+        if self.after_send is not None:
+            self.after_send(self.sends)
         return True
 
     def wait(self, inbound: CodeQueue, timeout: float) -> None:
