@@ -8,22 +8,34 @@ import pytest
 from server.core.buslink import (
     Acked,
     AckTimer,
+    Batch,
     Duplicate,
     Hello,
     LinkError,
     LinkReader,
-    Message,
     SentWindow,
     ack_frame,
-    data_frame,
+    batch_frame,
+    envelope,
     hello_frame,
+    target_of,
 )
+from server.errors import BadCode
 
 
-def stream(first: int, last: int) -> bytes:
-    return b"".join(
-        data_frame(s, "1.0.0.1", "2.0.0.1", b"m%d" % s * (s % 5)) for s in range(first, last + 1)
-    )
+def code(s: int) -> bytes:
+    return envelope("1.0.0.1", "2.0.0.1", b"m%d" % s * (s % 5))
+
+
+def stream(first: int, last: int, per_batch: int = 3) -> bytes:
+    """Messages first..last, in batches of ``per_batch``."""
+    seqs = list(range(first, last + 1))
+    runs = [seqs[i : i + per_batch] for i in range(0, len(seqs), per_batch)]
+    return b"".join(batch_frame(run[0], [code(s) for s in run]) for run in runs)
+
+
+def seqs(events: list) -> list[int]:  # type: ignore[type-arg]
+    return [e.first + i for e in events if isinstance(e, Batch) for i in range(len(e.codes))]
 
 
 def test_a_conversation_in_one_write_and_byte_by_byte() -> None:
@@ -33,35 +45,48 @@ def test_a_conversation_in_one_write_and_byte_by_byte() -> None:
     pieces = [e for i in range(len(wire)) for e in reader.feed(wire[i : i + 1])]
     assert whole == pieces
     assert whole[0] == Hello("h1", 7)
-    assert [e.seq for e in whole[1:21] if isinstance(e, Message)] == list(range(1, 21))
-    assert whole[5] == Message(5, "1.0.0.1", "2.0.0.1", b"")  # 5 % 5 == 0: an empty payload
+    assert seqs(whole) == list(range(1, 21))
+    assert whole[2] == Batch(4, [code(4), code(5), code(6)])  # code(5): an empty payload
     assert whole[-1] == Acked(3)
+    assert target_of(code(5)) == b"2.0.0.1"
 
 
 def test_a_reconnect_retransmits_and_the_applied_are_skipped() -> None:
     # the receiver applied 1..5 before the link dropped; the sender had sent 1..9
     reader = LinkReader(applied=5, expected_peer="h1")
-    events = reader.feed(hello_frame("h1", 0) + stream(3, 9))
-    assert events[1:4] == [Duplicate(3), Duplicate(4), Duplicate(5)]
-    assert [e.seq for e in events[4:]] == [6, 7, 8, 9]
-    reader.note_applied(6)
+    events = reader.feed(hello_frame("h1", 0) + stream(1, 3) + stream(4, 9, per_batch=6))
+    assert events[1] == Duplicate(3)  # a whole batch applied before
+    assert events[2] == Batch(6, [code(6), code(7), code(8), code(9)])  # its front was
+    reader.note_applied(7)
     with pytest.raises(ValueError, match="in order"):
-        reader.note_applied(8)
+        reader.note_applied(7)
+    with pytest.raises(ValueError, match="in order"):
+        reader.note_applied(10)  # not even received
+    reader.note_applied(9)
+
+
+def _batch(first: int, count: int, records: bytes) -> bytes:
+    """A BATCH frame as raw bytes, whatever its records say."""
+    body = b"\x02" + first.to_bytes(8, "big") + count.to_bytes(4, "big") + records
+    return len(body).to_bytes(4, "big") + body
 
 
 @pytest.mark.parametrize(
     ("wire", "words"),
     [
-        (stream(1, 1), "DATA before HELLO"),
+        (stream(1, 1), "BATCH before HELLO"),
         (hello_frame("h3", 0), "HELLO from host 'h3'; this link is to 'h1'"),
         (hello_frame("h1", 0) + hello_frame("h1", 0), "a second HELLO"),
-        (hello_frame("h1", 0) + stream(2, 2), "DATA 2 after 0: a gap"),
+        (hello_frame("h1", 0) + stream(2, 2), "BATCH 2..2 after 0: a gap"),
         (b"\xff\xff\xff\xff", "a frame of 4294967295 bytes"),
         (b"\x00\x00\x00\x00", "a frame of 0 bytes"),
-        (b"\x00\x00\x00\x02\x01\x02", "HELLO of version 2"),
+        (b"\x00\x00\x00\x02\x01\x01", "HELLO of version 1; we speak 2"),
         (hello_frame("h1", 0) + b"\x00\x00\x00\x01\x09", "unknown frame type 9"),
         (hello_frame("h1", 0) + b"\x00\x00\x00\x03\x03\x00\x00", "an ACK of 2 bytes"),
-        (hello_frame("h1", 0) + b"\x00\x00\x00\x0b\x02" + bytes(8) + b"\x05ab", "cut short"),
+        (hello_frame("h1", 0) + _batch(1, 1, b"\x00\x00\x00\x05ab"), "runs past its end"),
+        (hello_frame("h1", 0) + _batch(1, 2, b"\x00\x00\x00\x01x"), "cut short after 1"),
+        (hello_frame("h1", 0) + _batch(1, 0, b""), "an empty BATCH"),
+        (hello_frame("h1", 0) + _batch(1, 1, b"\x00\x00\x00\x00z"), "1 stray bytes"),
     ],
 )
 def test_broken_bytes_are_named(wire: bytes, words: str) -> None:
@@ -72,8 +97,8 @@ def test_broken_bytes_are_named(wire: bytes, words: str) -> None:
 def test_a_frame_over_the_limit_is_refused_before_it_is_buffered() -> None:
     reader = LinkReader(applied=0, max_frame=1000)
     reader.feed(hello_frame("h1", 0))
-    big = data_frame(1, "a", "b", bytes(2000))
-    with pytest.raises(LinkError, match="2013 bytes"):
+    big = batch_frame(1, [envelope("a", "b", bytes(2000))])
+    with pytest.raises(LinkError, match="2021 bytes"):
         reader.feed(big[:4])  # the length alone is enough
 
 
@@ -113,5 +138,10 @@ def test_a_listener_learns_the_applied_seq_from_the_hello() -> None:
     reader = LinkReader(applied=applied_of)
     events = reader.feed(hello_frame("h2", 0) + stream(1, 4))  # all in one piece
     assert asked == ["h2"] and reader.applied == 2
-    assert events[1:3] == [Duplicate(1), Duplicate(2)]
-    assert [e.seq for e in events[3:]] == [3, 4]
+    assert events[1:] == [Batch(3, [code(3)]), Batch(4, [code(4)])]  # 1 and 2 were applied
+
+
+def test_a_message_whose_addresses_do_not_fit_is_named() -> None:
+    for bad in (b"", b"\x05ab", b"\x01a\x09b", b"\x00\x01a"):
+        with pytest.raises(BadCode, match="do not fit"):
+            target_of(bad)

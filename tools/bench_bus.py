@@ -3,7 +3,9 @@
     python -m tools.bench_bus                     # 64 B and 1 KiB, about a minute
     python -m tools.bench_bus --sizes 64 --messages 50000
 
-Side by side in one run: messages/s from a sender process to a receiver
+Side by side in one run: messages/s from a sender process to a receiver,
+the bus one ``send``/``recv`` per message and batched (``send_many`` of 64,
+``recv_many``), zmq one ``send``/``recv`` per message (it batches inside):
 
 * *local*: two endpoints on one host (shared memory only), against zmq
   PUSH/PULL over ``ipc://``;
@@ -61,22 +63,37 @@ def _free_port(ip: str) -> int:
 
 
 # -- the bus ----------------------------------------------------------------------------
-def _bus_sender(config: str, n: int, size: int) -> None:
+BATCH = 64  # messages per send_many in the batched runs
+
+
+def _bus_sender(config: str, n: int, size: int, batched: bool) -> None:
     with Bus.open("a", config=config) as bus:
-        for i in range(n):
-            bus.send("b", _message(i, size))
+        if not batched:
+            for i in range(n):
+                bus.send("b", _message(i, size))
+            return
+        for first in range(0, n, BATCH):
+            run = [_message(i, size) for i in range(first, min(n, first + BATCH))]
+            if bus.send_many("b", run) != len(run):
+                raise AssertionError("send_many without a timeout queued less than all")
 
 
-def bus_rate(config: str, n: int, size: int) -> float:
+def bus_rate(config: str, n: int, size: int, batched: bool = False) -> float:
+    """Messages/s from a sender process to us: one ``send``/``recv`` per
+    message, or (``batched``) ``send_many`` of 64 and ``recv_many``."""
     with Bus.open("b", config=config) as bus:
-        sender = _fork.Process(target=_bus_sender, args=(config, n, size))
+        sender = _fork.Process(target=_bus_sender, args=(config, n, size, batched))
         start = time.perf_counter()
         sender.start()
-        for i in range(n):
-            got = bus.recv(timeout=30)
-            if got is None:
+        i = 0
+        while i < n:
+            got = bus.recv_many(256, timeout=30) if batched else [bus.recv(timeout=30)]
+            if not got or got[0] is None:
                 raise AssertionError(f"message {i} never came")
-            _check(i, got[1], size)
+            for message in got:
+                assert message is not None
+                _check(i, message[1], size)
+                i += 1
         elapsed = time.perf_counter() - start
         sender.join(30)
     return n / elapsed
@@ -88,7 +105,8 @@ def _bus_config(folder: Path, cross: bool) -> tuple[str, dict[str, str]]:
         "h2": f"127.0.0.3:{_free_port('127.0.0.3')}",
     }
     routes = {"a": "h1", "b": "h2" if cross else "h1"}
-    return write_config(folder / f"bus-{'cross' if cross else 'local'}.toml", hosts, routes), hosts
+    path = folder / f"bus-{'cross' if cross else 'local'}.toml"
+    return write_config(path, hosts, routes, settings=""), hosts  # a real bus's defaults
 
 
 # -- zmq --------------------------------------------------------------------------------
@@ -134,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         print("pyzmq is not installed (pip install -e '.[bench]'): its column is left out")
     folder = Path(tempfile.mkdtemp(prefix="stcp-bench-bus-"))
     print(f"{os.cpu_count()} cores; {a.messages:,} messages per run, every one verified\n")
-    print(f"{'path':<12} {'size':>6} {'bus msg/s':>12} {'zmq msg/s':>12} {'bus / zmq':>10}")
+    print(
+        f"{'path':<12} {'size':>6} {'bus 1/call':>12} {'bus batched':>12} {'zmq msg/s':>12} "
+        f"{'1/call/zmq':>11} {'batched/zmq':>12}"
+    )
     try:
         for cross in (False, True):
             config, hosts = _bus_config(folder, cross)
@@ -146,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for size in sizes:
                     ours = bus_rate(config, a.messages, size)
+                    batched = bus_rate(config, a.messages, size, batched=True)
                     theirs: Any = None
                     if HAVE_ZMQ:
                         if cross:
@@ -153,10 +175,15 @@ def main(argv: list[str] | None = None) -> int:
                         else:
                             address = f"ipc://{folder}/zmq-{random.getrandbits(32):08x}"
                         theirs = zmq_rate(address, a.messages, size)
-                    ratio = f"{ours / theirs:>9.2f}x" if theirs else "-"
+                    ratio = f"{ours / theirs:.2f}x" if theirs else "-"
+                    ratio_b = f"{batched / theirs:.2f}x" if theirs else "-"
                     zmq_text = f"{theirs:>12,.0f}" if theirs else f"{'-':>12}"
                     path = "cross-host" if cross else "local"
-                    print(f"{path:<12} {size:>6} {ours:>12,.0f} {zmq_text} {ratio:>10}", flush=True)
+                    print(
+                        f"{path:<12} {size:>6} {ours:>12,.0f} {batched:>12,.0f} {zmq_text} "
+                        f"{ratio:>11} {ratio_b:>12}",
+                        flush=True,
+                    )
             finally:
                 relays.stop()
                 remove_queues(config)

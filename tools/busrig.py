@@ -21,13 +21,20 @@ from server.proc.relaysup import open_board
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_config(path: Path, listens: dict[str, str], endpoints: dict[str, str]) -> str:
-    """A bus.toml with a random base key; returns its path."""
+def write_config(
+    path: Path,
+    listens: dict[str, str],
+    endpoints: dict[str, str],
+    settings: str = "inbox_bytes = 65536\nack_every = 16\nack_ms = 5\n",
+) -> str:
+    """A bus.toml with a random base key; returns its path.  The default
+    ``settings`` make small queues that fill (back-pressure) and frequent
+    ACKs, for the tests; "" keeps the defaults of a real bus."""
     hosts = "".join(f'[hosts.{h}]\nlisten = "{addr}"\n\n' for h, addr in listens.items())
     routes = "".join(f'"{a}" = "{h}"\n' for a, h in endpoints.items())
     path.write_text(
-        f"[bus]\nkey = {random.randint(0x1000_0000, 0x7FFF_FFFF)}\ninbox_bytes = 65536\n"
-        f"ack_every = 16\nack_ms = 5\n\n{hosts}[endpoints]\n{routes}"
+        f"[bus]\nkey = {random.randint(0x1000_0000, 0x7FFF_FFFF)}\n{settings}\n"
+        f"{hosts}[endpoints]\n{routes}"
     )
     return str(path)
 

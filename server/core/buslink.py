@@ -6,10 +6,16 @@ ever (the sequence is the sending host's outbox count, so it survives a
 relay's restart).  Frames (integers big-endian)::
 
     u32 length of the rest | u8 type | body
-    HELLO  1  u8 version (1) | u8 n | host name (n bytes) | u64 applied
-    DATA   2  u64 seq | u8 n | source address | u8 m | target address | payload
+    HELLO  1  u8 version (2) | u8 n | host name (n bytes) | u64 applied
+    BATCH  2  u64 seq of the first | u32 count | count x (u32 length | message)
     ACK    3  u64 applied
 
+A message is as it lies in an outbox or an inbox (``envelope``): u8 n |
+source address | u8 m | target address | payload.  A batch carries the
+messages ``seq .. seq + count - 1``; the sending relay copies them from
+its outbox as they are, and the receiving one pushes them into the
+target's inbox as they are (it checks each with ``target_of``), so the
+relays handle a message without taking it apart.
 The rules (TBus's handshake, our words):
 
 * On every connect each side first sends HELLO with its own name and the
@@ -18,10 +24,10 @@ The rules (TBus's handshake, our words):
 * The sender then sends, in order, every message after the other's
   ``applied``: on a reconnect that is a retransmission, from where the
   receiver really is, not from where the sender thinks it was.
-* The receiver applies DATA whose seq is exactly ``applied + 1``; a seq at
-  or below ``applied`` is a retransmission of one already applied, skipped
-  (``Duplicate``); a gap is a protocol error (the link is closed and made
-  again: the handshake puts both back in step).
+* The receiver applies messages in order from ``applied + 1``; messages
+  at or below ``applied`` are retransmissions of ones already applied,
+  skipped (``Duplicate``: up to which); a gap is a protocol error (the link
+  is closed and made again: the handshake puts both back in step).
 * ACK says "applied up to here" (cumulative).  The receiver sends one every
   ``ack_every`` messages or ``ack_ms`` after the first unacknowledged one
   (``AckTimer``); the sender then frees those messages from shared memory.
@@ -38,12 +44,13 @@ from dataclasses import dataclass
 
 from ..errors import BadCode, ServerError
 
-VERSION = 1
-HELLO, DATA, ACK = 1, 2, 3
+VERSION = 2
+HELLO, BATCH, ACK = 1, 2, 3
 _LEN = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-DEFAULT_MAX_FRAME = 1 << 20
-_NAMES = {HELLO: "HELLO", DATA: "DATA", ACK: "ACK"}
+_BATCH_HEAD = struct.Struct(">QI")
+DEFAULT_MAX_FRAME = 4 << 20
+_NAMES = {HELLO: "HELLO", BATCH: "BATCH", ACK: "ACK"}
 
 
 class LinkError(ServerError, ValueError):
@@ -57,16 +64,14 @@ class Hello:
 
 
 @dataclass(frozen=True)
-class Message:
-    seq: int
-    source: str
-    target: str
-    payload: bytes
+class Batch:
+    first: int  # the seq of codes[0]; the others follow, one apart
+    codes: list[bytes]  # messages as they lie in an inbox (``envelope``)
 
 
 @dataclass(frozen=True)
 class Duplicate:
-    seq: int  # a retransmission of a message applied already: skipped
+    seq: int  # retransmissions of messages applied already, up to this one: skipped
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class Acked:
     applied: int  # the peer applied our messages up to here
 
 
-Event = Hello | Message | Duplicate | Acked
+Event = Hello | Batch | Duplicate | Acked
 
 
 def hello_frame(name: str, applied: int) -> bytes:
@@ -82,10 +87,11 @@ def hello_frame(name: str, applied: int) -> bytes:
     return _frame(HELLO, bytes([VERSION, len(raw)]) + raw + _U64.pack(applied))
 
 
-def data_frame(seq: int, source: str, target: str, payload: bytes) -> bytes:
-    src, dst = source.encode(), target.encode()
-    body = _U64.pack(seq) + bytes([len(src)]) + src + bytes([len(dst)]) + dst
-    return _frame(DATA, body + payload)
+def batch_frame(first: int, codes: list[bytes]) -> bytes:
+    """The messages ``first .. first + len(codes) - 1``, in one frame."""
+    pack = _LEN.pack
+    body = b"".join([pack(len(c)) + c for c in codes])
+    return _frame(BATCH, _BATCH_HEAD.pack(first, len(codes)) + body)
 
 
 def ack_frame(applied: int) -> bytes:
@@ -118,7 +124,7 @@ class LinkReader:
         self.max_frame = max_frame
         self.peer: str | None = None
         self._buf = bytearray()
-        self._accepted = self.applied  # the last seq handed out as a Message
+        self._accepted = self.applied  # the last seq handed out in a Batch
 
     def feed(self, data: bytes) -> list[Event]:
         self._buf += data
@@ -129,15 +135,19 @@ class LinkReader:
                 raise LinkError(f"a frame of {n} bytes (the limit is {self.max_frame})")
             if len(self._buf) < 4 + n:
                 break
-            frame = bytes(self._buf[4 : 4 + n])
+            with memoryview(self._buf) as view:
+                frame = bytes(view[4 : 4 + n])  # one copy
             del self._buf[: 4 + n]
             events.append(self._event(frame))
         return events
 
     def note_applied(self, seq: int) -> None:
-        """The relay applied Message ``seq`` (pushed it, journalled)."""
-        if seq != self.applied + 1:
-            raise ValueError(f"applied {seq} after {self.applied}: messages apply in order")
+        """The relay applied every message up to ``seq`` (pushed, marked)."""
+        if not self.applied < seq <= self._accepted:
+            raise ValueError(
+                f"applied up to {seq} after {self.applied} with {self._accepted} received: "
+                f"messages apply in order, once"
+            )
         self.applied = seq
 
     def _event(self, frame: bytes) -> Event:
@@ -147,8 +157,8 @@ class LinkReader:
             raise LinkError(f"{_NAMES.get(kind, kind)} before HELLO")
         if kind == HELLO:
             return self._hello(body)
-        if kind == DATA:
-            return self._data(body)
+        if kind == BATCH:
+            return self._batch(body)
         if kind == ACK:
             if len(body) != 8:
                 raise LinkError(f"an ACK of {len(body)} bytes (8 expected)")
@@ -167,31 +177,38 @@ class LinkReader:
         if self.expected_peer is not None and peer != self.expected_peer:
             raise LinkError(f"HELLO from host {peer!r}; this link is to {self.expected_peer!r}")
         self.peer = peer
-        if self._applied_of is not None:  # before any DATA after this HELLO is judged
+        if self._applied_of is not None:  # before any BATCH after this HELLO is judged
             self.applied = self._accepted = self._applied_of(peer)
         return Hello(peer, _U64.unpack_from(body, 2 + n)[0])
 
-    def _data(self, body: bytes) -> Message | Duplicate:
-        if len(body) < 10:
-            raise LinkError(f"a DATA frame of {len(body)} bytes")
-        (seq,) = _U64.unpack_from(body)
-        i = 8
-        src_n = body[i]
-        source = _text(body[i + 1 : i + 1 + src_n], "source address")
-        i += 1 + src_n
-        if i >= len(body):
-            raise LinkError("a DATA frame cut short in its addresses")
-        dst_n = body[i]
-        if i + 1 + dst_n > len(body):
-            raise LinkError("a DATA frame cut short in its target address")
-        target = _text(body[i + 1 : i + 1 + dst_n], "target address")
-        payload = body[i + 1 + dst_n :]
-        if seq <= self._accepted:
-            return Duplicate(seq)
-        if seq != self._accepted + 1:
-            raise LinkError(f"DATA {seq} after {self._accepted}: a gap")
-        self._accepted = seq
-        return Message(seq, source, target, payload)
+    def _batch(self, body: bytes) -> Batch | Duplicate:
+        if len(body) < _BATCH_HEAD.size:
+            raise LinkError(f"a BATCH frame of {len(body)} bytes")
+        first, count = _BATCH_HEAD.unpack_from(body)
+        codes: list[bytes] = []
+        at, end = _BATCH_HEAD.size, len(body)
+        unpack = _LEN.unpack_from
+        for _ in range(count):
+            if end - at < 4:
+                raise LinkError(f"a BATCH of {count} cut short after {len(codes)}")
+            (n,) = unpack(body, at)
+            at += 4
+            if n > end - at:
+                raise LinkError(f"message {first + len(codes)} of a BATCH runs past its end")
+            codes.append(body[at : at + n])
+            at += n
+        if at != end:
+            raise LinkError(f"{end - at} stray bytes after a BATCH of {count}")
+        if not codes:
+            raise LinkError("an empty BATCH")
+        last = first + count - 1
+        if last <= self._accepted:
+            return Duplicate(last)
+        if first > self._accepted + 1:
+            raise LinkError(f"BATCH {first}..{last} after {self._accepted}: a gap")
+        skip = self._accepted + 1 - first  # the front was applied before: a retransmission
+        self._accepted = last
+        return Batch(first + skip, codes[skip:]) if skip else Batch(first, codes)
 
 
 def _text(raw: bytes, what: str) -> str:
@@ -248,7 +265,7 @@ class SentWindow:
 
 
 # -- a message in shared memory (an inbox or an outbox) -----------------------------------
-# u8 n | source address | u8 m | target address | payload: the DATA body without its seq.
+# u8 n | source address | u8 m | target address | payload.
 
 
 def envelope(source: str, target: str, payload: bytes) -> bytes:
@@ -256,6 +273,21 @@ def envelope(source: str, target: str, payload: bytes) -> bytes:
     if not 0 < len(src) < 256 or not 0 < len(dst) < 256:
         raise ValueError(f"bus addresses are 1..255 bytes: {source!r}, {target!r}")
     return bytes([len(src)]) + src + bytes([len(dst)]) + dst + payload
+
+
+def target_of(code: bytes) -> bytes:
+    """The target address of a message (raw bytes), its bounds checked."""
+    n = code[0] if code else 0
+    m = code[n + 1] if len(code) > n + 1 else 0
+    if not n or not m or len(code) < n + m + 2:
+        raise BadCode(
+            f"a bus message of {len(code)} bytes whose addresses do not fit in it "
+            f"({code[:16].hex()}...)",
+            field="bus message",
+            found=code[:16].hex(),
+            expected="u8 n, source, u8 m, target, payload",
+        )
+    return code[n + 2 : n + 2 + m]
 
 
 def open_envelope(code: bytes) -> tuple[str, str, bytes]:

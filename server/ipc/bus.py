@@ -5,6 +5,8 @@
     bus = Bus.open("1.0.0.1", config="bus.toml")  # attach or create this endpoint's inbox
     bus.send("2.0.0.1", b"payload", timeout=None)  # True once it is in shared memory here
     bus.recv(timeout=None) -> (source, payload) | None
+    bus.send_many("2.0.0.1", payloads, timeout=None) -> int  # how many, in order, one lock
+    bus.recv_many(max_messages=256, timeout=None) -> [(source, payload), ...]
     bus.fileno()                                  # + prepare_wait()/finish_wait(): selectors
 
 Each endpoint has one ``SharedQueue`` inbox on its host (the route table of
@@ -14,8 +16,8 @@ endpoint on this host goes straight into the target's inbox (made if it is
 not there yet: the message waits for its reader).  A send to an endpoint on
 another host goes into this host's *outbox* for that host, which the
 host's relay forwards; it stays in shared memory until the other relay
-has applied it.  (The relay, ``python -m server relay``, is being built:
-until it runs, messages for other hosts wait in their outbox.)  Either way ``send`` returns
+has applied it (until the relay, ``python -m server relay``, runs, they
+wait there).  Either way ``send`` returns
 True once the message is in shared memory on this host: a process killed
 after that loses nothing.  Messages carry their source and target
 (``server.core.buslink``: ``envelope``).
@@ -46,22 +48,56 @@ class Bus:
         self.host = config.host_of(address).name
         self.inbox = SharedQueue.open(config.inbox_key(address), config.inbox_bytes)
         self._queues: dict[int, SharedQueue] = {}  # the inboxes and outboxes we send to
+        self._routes: dict[str, tuple[SharedQueue, bytes]] = {}  # target -> queue, header
+        # the header (both addresses) of the last message received, and its source
+        self._last: tuple[bytes, str] = (b"", "")
 
     def send(self, target: str, payload: bytes, timeout: float | None = None) -> bool:
         """Put one message for ``target`` into shared memory on this host:
         its inbox if it lives here, else the outbox to its host.  Waits
         while that queue is full; False at the timeout."""
-        return self._queue_for(target).push(envelope(self.address, target, payload), timeout)
+        route = self._routes.get(target) or self._route(target)
+        return route[0].push(route[1] + payload, timeout)
+
+    def send_many(self, target: str, payloads: list[bytes], timeout: float | None = None) -> int:
+        """``send`` for several messages to one target, in one lock round
+        trip where they fit: how many were queued, in order (all of them
+        unless the timeout came first)."""
+        queue, head = self._routes.get(target) or self._route(target)
+        return queue.push_many([head + p for p in payloads], timeout)
 
     def recv(self, timeout: float | None = None) -> tuple[str, bytes] | None:
         """The next message for us: (source address, payload); None at the timeout."""
         code = self.inbox.pop(timeout)
         if code is None:
             return None
-        source, _target, payload = open_envelope(code)
+        return self._open(code)
+
+    def recv_many(
+        self, max_messages: int = 256, timeout: float | None = None
+    ) -> list[tuple[str, bytes]]:
+        """Up to ``max_messages`` messages in one lock round trip: waits for
+        the first; [] at the timeout."""
+        out = []
+        header, source = self._last
+        cut = len(header)
+        for code in self.inbox.pop_many(max_messages, timeout):
+            if cut and code.startswith(header):  # the last one's source again: the hot path
+                out.append((source, code[cut:]))
+            else:
+                out.append(self._open(code))
+                header, source = self._last
+                cut = len(header)
+        return out
+
+    def _open(self, code: bytes) -> tuple[str, bytes]:
+        """(source, payload) of a message from our inbox, checked; its
+        header (both addresses) is kept for the next one."""
+        source, target, payload = open_envelope(code)  # names what is wrong, if anything
+        self._last = (code[: len(code) - len(payload)], source)
         return source, payload
 
-    def _queue_for(self, target: str) -> SharedQueue:
+    def _route(self, target: str) -> tuple[SharedQueue, bytes]:
         host = self.config.host_of(target).name
         cfg = self.config
         key = cfg.inbox_key(target) if host == self.host else cfg.outbox_key(self.host, host)
@@ -69,7 +105,8 @@ class Bus:
         if queue is None:
             queue = self.inbox if key == self.inbox.key else SharedQueue.open(key, cfg.inbox_bytes)
             self._queues[key] = queue
-        return queue
+        route = self._routes[target] = (queue, envelope(self.address, target, b""))
+        return route
 
     # -- a selectors loop ----------------------------------------------------------------
     def fileno(self) -> int:

@@ -12,7 +12,7 @@ only moves bytes between sockets and queues, in one ``selectors`` loop.
   outbox only when an ACK covers it (``SharedQueue.peek``/``commit``), so a
   relay killed at any moment resends from where the peer really is.
 * Each *incoming* link (a peer's outgoing one) answers HELLO with the last
-  sequence applied from that peer, then applies DATA in order: one push
+  sequence applied from that peer, then applies its batches in order: one push
   into the target's inbox *with a mark* (``push_many(mark=...)``: the push
   and "applied up to seq S from host H" are one step), so a retransmission
   is never applied twice.  What was applied is the largest mark of that
@@ -83,6 +83,7 @@ class Relay:
             a: SharedQueue.open(config.inbox_key(a), config.inbox_bytes)
             for a in config.endpoints_on(host)
         }
+        self.by_target = {a.encode(): (a, q) for a, q in self.inboxes.items()}
         self.sel = selectors.DefaultSelector()
         self._watchers: dict[int, list[Callback]] = {}
         self.stopping = False

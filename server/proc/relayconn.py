@@ -44,7 +44,7 @@ class Conn:
     def recv(self) -> bytes:
         """What the socket has (b"" if nothing now); LinkError at its end."""
         try:
-            data = self.sock.recv(65536)
+            data = self.sock.recv(262144)
         except (BlockingIOError, InterruptedError):
             return b""
         if not data:
@@ -54,6 +54,16 @@ class Conn:
         return data
 
     def send(self, data: bytes) -> None:
+        if not self.out:  # straight to the socket; only what it does not take waits
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            if self.counter is not None:
+                self.counter[0] += n
+            if n == len(data):
+                return
+            data = data[n:]
         self.out += data
         self.flush()
 

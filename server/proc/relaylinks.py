@@ -1,9 +1,9 @@
 """The links of a bus relay (``server.proc.relay``): one socket each.
 
-``OutLink``: this host's messages for one peer, outbox -> DATA, ACK ->
+``OutLink``: this host's messages for one peer, outbox -> BATCH, ACK ->
 commit; it connects, and reconnects with back-off.  ``InLink``: a peer's
-messages for this host, DATA -> a marked push into the target's inbox ->
-ACK; a full inbox pauses it.  The rules are the relay module's docstring.
+messages for this host, BATCH -> a marked push into the target's inbox ->
+ACK; a full inbox pauses it.  Messages cross as they lie in the queues.  The rules are the relay module's docstring.
 """
 
 from __future__ import annotations
@@ -19,20 +19,20 @@ from typing import TYPE_CHECKING
 from ..core.buslink import (
     Acked,
     AckTimer,
+    Batch,
     Duplicate,
     Hello,
     LinkError,
     LinkReader,
-    Message,
     SentWindow,
     ack_frame,
-    data_frame,
-    envelope,
+    batch_frame,
     hello_frame,
-    open_envelope,
+    target_of,
 )
 from ..core.linkboard import LinkState
 from ..core.ring import RECORD_HEADER
+from ..errors import BadCode
 from ..ipc.sharedqueue import SharedQueue
 from .relayconn import Conn
 
@@ -43,13 +43,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("server.relay")
 
 SEND_HIGH = 256 * 1024  # bytes queued for a socket before we stop peeking more
-PEEK = 64  # messages per peek
-RUN = 64  # messages per marked push into one inbox
+PEEK = 256  # messages per peek, and per BATCH frame
+BATCH_BYTES = 256 * 1024  # bytes per BATCH frame (or one larger message alone)
+RUN = 256  # messages per marked push into one inbox
 BACKOFF = (0.1, 2.0)
 
 
+def max_frame(relay: Relay) -> int:
+    """The largest frame a link accepts: a full batch, or one message as
+    large as an inbox can hold."""
+    return max(BATCH_BYTES, relay.config.inbox_bytes) + 1024
+
+
+def _target(code: bytes, seq: int) -> bytes:
+    try:
+        return target_of(code)
+    except BadCode as err:
+        raise LinkError(f"message {seq}: {err}") from None
+
+
 class OutLink:
-    """This host's messages for one peer: outbox -> DATA; ACK -> commit."""
+    """This host's messages for one peer: outbox -> BATCH; ACK -> commit."""
 
     def __init__(self, relay: Relay, peer: str) -> None:
         cfg = relay.config
@@ -111,7 +125,9 @@ class OutLink:
                 self.drop(f" ({errno.errorcode.get(err, err)})")
                 return
             self.connected = True
-            self.reader = LinkReader(applied=0, expected_peer=self.peer.name)
+            self.reader = LinkReader(
+                applied=0, expected_peer=self.peer.name, max_frame=max_frame(self.relay)
+            )
             conn.send(hello_frame(self.relay.me.name, 0))
             return
         try:
@@ -169,7 +185,7 @@ class OutLink:
         if conn is None or window is None:
             return
         while len(conn.out) < SEND_HIGH:
-            codes, _end = self.outbox.peek(PEEK, start=window.next_pos)
+            codes, _end = self.outbox.peek(PEEK, start=window.next_pos, max_bytes=BATCH_BYTES)
             if not codes:
                 if self.outbox.prepare_peek_wait(window.next_pos):  # until an endpoint pushes
                     if not self.waiting:
@@ -177,13 +193,10 @@ class OutLink:
                         self.relay.watch(self.outbox.fileno(), self._on_outbox)
                     break
                 continue
-            seqs = window.sending(codes, RECORD_HEADER)
-            self.board.out_sent[0] = seqs[-1]
-            frames = []
-            for seq, code in zip(seqs, codes, strict=True):
-                source, target, payload = open_envelope(code)
-                frames.append(data_frame(seq, source, target, payload))
-            conn.send(b"".join(frames))
+            first = window.sent + 1
+            window.sending(codes, RECORD_HEADER)
+            self.board.out_sent[0] = window.sent
+            conn.send(batch_frame(first, codes))  # as they lie in the outbox
 
     def _on_outbox(self, _mask: int) -> None:
         self.outbox.finish_wait()
@@ -209,16 +222,19 @@ class OutLink:
 
 
 class InLink:
-    """A peer's messages for this host: DATA -> marked push -> ACK."""
+    """A peer's messages for this host: BATCH -> marked push -> ACK."""
 
     def __init__(self, relay: Relay, sock: socket.socket, where: str) -> None:
         self.relay = relay
         self.where = where
         self.conn = Conn(relay, sock)
-        self.reader = LinkReader(applied=lambda peer: relay.applied_from(peer, self))
+        self.reader = LinkReader(
+            applied=lambda peer: relay.applied_from(peer, self), max_frame=max_frame(relay)
+        )
         self.board: LinkSlot | None = None  # once the HELLO says who the peer is
         self.timer: AckTimer | None = None
-        self.pending: list[Message] = []
+        self.pending: list[bytes] = []  # received, not applied: messages next_seq, ...
+        self.next_seq = 0
         self.blocked_on: SharedQueue | None = None
         relay.watch(self.conn.fd, self._on_socket)
 
@@ -255,6 +271,7 @@ class InLink:
                     self.relay.config.ack_every, self.relay.config.ack_ms, applied
                 )
                 self.conn.send(hello_frame(self.relay.me.name, applied))
+                self.next_seq = applied + 1
                 self.board = board = self.relay.board[event.peer]
                 self.conn.counter = board.in_bytes
                 board.in_applied[0] = applied
@@ -262,8 +279,10 @@ class InLink:
                 board.in_state[0] = LinkState.UP
                 board.in_since[0] = int(time.time() * 1000)
                 log.info("link %s -> %s: up (applied %d)", event.peer, self.relay.me.name, applied)
-            elif isinstance(event, Message):
-                self.pending.append(event)
+            elif isinstance(event, Batch):
+                if not self.pending:
+                    self.next_seq = event.first
+                self.pending += event.codes
             elif not isinstance(event, Duplicate):
                 raise LinkError(f"{type(event).__name__} on an incoming link")
         self._apply()
@@ -273,47 +292,59 @@ class InLink:
         lock round trip (one marked push_many); stop at a full inbox."""
         relay = self.relay
         slot = relay.slots[self.reader.peer or ""]
-        while self.pending:
-            first = self.pending[0]
-            inbox = relay.inboxes.get(first.target)
-            if inbox is None:
-                raise LinkError(
-                    f"message {first.seq} is for {first.target!r}, which does not live on host "
-                    f"{relay.me.name} (do both hosts have the same {relay.config.path}?)"
-                )
-            if first.seq <= relay.last_mark(first.target, slot):  # applied already: never twice
-                log.warning(
-                    "link %s: message %d was applied already; skipped", self.peer, first.seq
-                )
-                self._applied(1)
-                continue
-            run = [first]
-            for msg in self.pending[1:RUN]:
-                if msg.target != first.target:
-                    break
-                run.append(msg)
-            codes = [envelope(m.source, m.target, m.payload) for m in run]
-            done = inbox.push_many(codes, timeout=0, mark=(slot, first.seq))
-            if done:
-                relay.pushed_marked(first.target, slot, first.seq + done - 1, done)
-                if self.board is not None:
-                    self.board.in_applied[0] = first.seq + done - 1
-                self._applied(done)
-            if done < len(run):
-                self._block(inbox, len(codes[done]) + RECORD_HEADER)
-                return
+        pending = self.pending
+        i = 0
+        try:
+            while i < len(pending):
+                seq = self.next_seq
+                raw = _target(pending[i], seq)
+                found = relay.by_target.get(raw)
+                if found is None:
+                    raise LinkError(
+                        f"message {seq} is for {raw!r}, which does not live on host "
+                        f"{relay.me.name} (do both hosts have the same {relay.config.path}?)"
+                    )
+                address, inbox = found
+                j, stop = i + 1, min(len(pending), i + RUN)
+                while j < stop and _target(pending[j], seq + j - i) == raw:
+                    j += 1
+                marked = relay.last_mark(address, slot)
+                if seq <= marked:  # applied already: never twice
+                    skip = min(j - i, marked - seq + 1)
+                    log.warning(
+                        "link %s: messages %d.. were applied already; skipped %d",
+                        self.peer,
+                        seq,
+                        skip,
+                    )
+                    self._applied(skip)
+                    i += skip
+                    continue
+                done = inbox.push_many(pending[i:j], timeout=0, mark=(slot, seq))
+                if done:
+                    relay.pushed_marked(address, slot, seq + done - 1, done)
+                    if self.board is not None:
+                        self.board.in_applied[0] = seq + done - 1
+                    self._applied(done)
+                    i += done
+                if i < j:
+                    del pending[:i]
+                    i = 0
+                    self._block(inbox, len(pending[0]) + RECORD_HEADER)
+                    return
+        finally:
+            del pending[:i]
         self.relay.set_events(self.conn.fd, self.conn.events())
 
     def _applied(self, count: int) -> None:
-        """The first ``count`` pending messages are applied (or were already)."""
+        """The next ``count`` pending messages are applied (or were already)."""
         assert self.timer is not None
-        now_ms = time.monotonic() * 1000
-        for msg in self.pending[:count]:
-            self.reader.note_applied(msg.seq)
-            ack = self.timer.applied(msg.seq, now_ms)
-            if ack is not None:
-                self.conn.send(ack_frame(ack))
-        del self.pending[:count]
+        last = self.next_seq + count - 1
+        self.reader.note_applied(last)
+        self.next_seq = last + 1
+        ack = self.timer.applied(last, time.monotonic() * 1000)
+        if ack is not None:
+            self.conn.send(ack_frame(ack))
 
     def _block(self, inbox: SharedQueue, room: int) -> None:
         """The inbox is full: stop reading the link until it has room (the
