@@ -15,6 +15,7 @@ from pathlib import Path
 from server import SharedQueue
 from server.bus import Bus, load_bus_config
 from server.core.status import Role
+from server.errors import ServerError
 from server.ipc.shm import SHMFactory
 from server.proc.relaysup import open_board
 
@@ -57,14 +58,19 @@ def relay_pid(config: str, host: str, timeout: float = 10.0) -> int:
     cfg = load_bus_config(config)
     deadline = time.monotonic() + timeout
     while True:
+        pid = 0
         if SHMFactory.exists(cfg.relay_key(host)):
-            shm, status, _links = open_board(cfg, host, owner=False)
             try:
-                pid = status.pid(Role.RELAY)
-            finally:
-                shm.detach()
-            if pid:
-                return pid
+                shm, status, _links = open_board(cfg, host, owner=False)
+            except ServerError:  # its supervisor is making it right now
+                pass
+            else:
+                try:
+                    pid = status.pid(Role.RELAY)
+                finally:
+                    shm.detach()
+        if pid:
+            return pid
         if time.monotonic() > deadline:
             raise TimeoutError(f"host {host}'s relay did not start within {timeout} s")
         time.sleep(0.02)
