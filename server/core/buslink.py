@@ -275,33 +275,30 @@ def envelope(source: str, target: str, payload: bytes) -> bytes:
     return bytes([len(src)]) + src + bytes([len(dst)]) + dst + payload
 
 
-def target_of(code: bytes) -> bytes:
-    """The target address of a message (raw bytes), its bounds checked."""
+def _lengths(code: bytes, what: str = "") -> tuple[int, int]:
+    """The two address lengths of a message, checked against its size."""
     n = code[0] if code else 0
     m = code[n + 1] if len(code) > n + 1 else 0
     if not n or not m or len(code) < n + m + 2:
         raise BadCode(
             f"a bus message of {len(code)} bytes whose addresses do not fit in it "
-            f"({code[:16].hex()}...)",
+            f"({code[:16].hex()}...){what}",
             field="bus message",
             found=code[:16].hex(),
             expected="u8 n, source, u8 m, target, payload",
         )
+    return n, m
+
+
+def target_of(code: bytes) -> bytes:
+    """The target address of a message (raw bytes), its bounds checked."""
+    n, m = _lengths(code)
     return code[n + 2 : n + 2 + m]
 
 
 def open_envelope(code: bytes) -> tuple[str, str, bytes]:
     """(source, target, payload) of a code read from shared memory, checked."""
-    n = code[0] if code else 0
-    m = code[n + 1] if len(code) > n + 1 else 0
-    if not n or not m or len(code) < n + m + 2:
-        raise BadCode(
-            f"a bus message of {len(code)} bytes whose addresses do not fit in it "
-            f"({code[:16].hex()}...): the queue is corrupt",
-            field="bus message",
-            found=code[:16].hex(),
-            expected="u8 n, source, u8 m, target, payload",
-        )
+    n, m = _lengths(code, ": the queue is corrupt")
     try:
         source = code[1 : 1 + n].decode()
         target = code[n + 2 : n + 2 + m].decode()

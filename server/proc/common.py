@@ -10,6 +10,8 @@
   also while the app runs one long request, so only a *frozen* process
   (SIGSTOP, a deadlock, a C call holding the GIL) stops beating; a slow
   request is the watchdog's other verdict (``server.core.watchdog``).
+* ``signals_wake``/``drain``: signal handlers whose signals also wake a
+  ``select`` (the supervisors' loops).
 * ``enable_stack_dumps``: SIGUSR1 makes the worker write the Python stack
   of every thread to its log (``faulthandler``: it works even while the
   main thread holds the GIL), so a kill for hanging says where it hung.
@@ -17,12 +19,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from ..core.status import WorkerMeter
 from ..core.supervision import describe_exit
@@ -68,6 +73,32 @@ def enable_stack_dumps() -> None:
 def monotonic_ms() -> int:
     """CLOCK_MONOTONIC in ms: one clock for every process of the machine."""
     return int(time.monotonic() * 1000)
+
+
+@contextlib.contextmanager
+def signals_wake(handlers: dict[int, Any]) -> Iterator[int]:
+    """Install ``handlers`` (signal number -> handler) and make every signal
+    also write to a pipe: yields its read end, for a ``select`` that a
+    signal must interrupt (``drain`` it after).  Everything is put back at
+    the exit."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_fd = signal.set_wakeup_fd(wake_w)
+    old = {number: signal.signal(number, handler) for number, handler in handlers.items()}
+    try:
+        yield wake_r
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for number, handler in old.items():
+            signal.signal(number, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking pipe empty."""
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 512):
+            pass
 
 
 class Heartbeat:

@@ -45,7 +45,16 @@ from ..core.status import RELAY_BOARD, Reason, Role, StatusBoard, WorkerState
 from ..core.watchdog import Act, Action, Seen, Watchdog
 from ..ipc.segment import layout_of, segment_size
 from ..ipc.shm import SharedMemory, SHMFactory
-from .common import PARENT_ENV, STACK_SIGNAL, Heartbeat, enable_stack_dumps, exit_text, signal_name
+from .common import (
+    PARENT_ENV,
+    STACK_SIGNAL,
+    Heartbeat,
+    drain,
+    enable_stack_dumps,
+    exit_text,
+    signal_name,
+    signals_wake,
+)
 from .relay import Relay, bind_relay
 from .workers import exit_reason, frozen
 
@@ -109,24 +118,16 @@ class RelaySupervisor:
         self.status.supervisor_started()
         self.status.started(Role.SUPERVISOR, os.getpid(), Reason.FIRST_START)
         self.meter = self.status.meter(Role.SUPERVISOR)
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        old_fd = signal.set_wakeup_fd(wake_w)
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
+        handlers: dict[int, Any] = {s: self._on_signal for s in (signal.SIGINT, signal.SIGTERM)}
+        handlers[signal.SIGCHLD] = lambda *_: None  # only to wake the select
         try:
-            while not self._stopped():
-                select.select([wake_r], [], [], CHECK_INTERVAL)
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(wake_r, 512):
-                        pass
-                self.check(time.monotonic())
+            with signals_wake(handlers) as wake:
+                while not self._stopped():
+                    select.select([wake], [], [], CHECK_INTERVAL)
+                    drain(wake)
+                    self.check(time.monotonic())
             return 0
         finally:
-            signal.set_wakeup_fd(old_fd)
-            for s, h in handlers.items():
-                signal.signal(s, h)
-            os.close(wake_r)
-            os.close(wake_w)
             self.close()
 
     def _on_signal(self, signum: int, _frame: object) -> None:

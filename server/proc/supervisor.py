@@ -28,7 +28,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import select
@@ -46,7 +45,7 @@ from ..core.watchdog import Act, Action, Verdict, Watchdog
 from ..ipc.segment import ServerSegment
 from ..ipc.shm import SHMFactory
 from .adoption import AdoptedProcess, find_orphans, reach_connect
-from .common import monotonic_ms, signal_name
+from .common import drain, monotonic_ms, signal_name, signals_wake
 from .keeper import FdKeeper
 from .notify import SystemdNotifier
 from .reload import Reloader
@@ -151,34 +150,26 @@ class Supervisor:
             self.open()
         finally:
             signal.signal(signal.SIGHUP, hup)
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        old_fd = signal.set_wakeup_fd(wake_w)
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.reloader.on_signal)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select
+        handlers: dict[int, Any] = {s: self._on_signal for s in (signal.SIGINT, signal.SIGTERM)}
+        handlers[signal.SIGHUP] = self.reloader.on_signal
+        handlers[signal.SIGCHLD] = lambda *_: None  # only to wake the select
         try:
-            now = time.monotonic()
-            for w in self.workers.values():
-                if w.role in self.orphans:
-                    self.adopt(w, self.orphans[w.role], now)
-                else:
-                    self.spawn(w, now)
-            print(f"listening on {self.address[0]}:{self.address[1]}", flush=True)
-            self.notify.ready(f"listening on {self.address[0]}:{self.address[1]}")
-            while self.stop_phase is not StopPhase.DONE:
-                ready = [wake_r] + [c.fileno() for c in self.controls() if c is not None]
-                select.select(ready, [], [], CHECK_INTERVAL)  # signals write to wake_w
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(wake_r, 512):
-                        pass
-                self.check(time.monotonic())
+            with signals_wake(handlers) as wake:
+                now = time.monotonic()
+                for w in self.workers.values():
+                    if w.role in self.orphans:
+                        self.adopt(w, self.orphans[w.role], now)
+                    else:
+                        self.spawn(w, now)
+                print(f"listening on {self.address[0]}:{self.address[1]}", flush=True)
+                self.notify.ready(f"listening on {self.address[0]}:{self.address[1]}")
+                while self.stop_phase is not StopPhase.DONE:
+                    ready = [wake] + [c.fileno() for c in self.controls() if c is not None]
+                    select.select(ready, [], [], CHECK_INTERVAL)  # signals write to the pipe
+                    drain(wake)
+                    self.check(time.monotonic())
             return 0
         finally:
-            signal.set_wakeup_fd(old_fd)
-            for s, h in handlers.items():
-                signal.signal(s, h)
-            os.close(wake_r)
-            os.close(wake_w)
             self.close()
 
     def controls(self) -> tuple[socket.socket | None, socket.socket | None]:
