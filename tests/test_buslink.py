@@ -18,6 +18,7 @@ from server.core.buslink import (
     batch_frame,
     envelope,
     hello_frame,
+    records_frame,
     target_of,
 )
 from server.errors import BadCode
@@ -83,8 +84,8 @@ def _batch(first: int, count: int, records: bytes) -> bytes:
         (b"\x00\x00\x00\x02\x01\x01", "HELLO of version 1; we speak 2"),
         (hello_frame("h1", 0) + b"\x00\x00\x00\x01\x09", "unknown frame type 9"),
         (hello_frame("h1", 0) + b"\x00\x00\x00\x03\x03\x00\x00", "an ACK of 2 bytes"),
-        (hello_frame("h1", 0) + _batch(1, 1, b"\x00\x00\x00\x05ab"), "runs past its end"),
-        (hello_frame("h1", 0) + _batch(1, 2, b"\x00\x00\x00\x01x"), "cut short after 1"),
+        (hello_frame("h1", 0) + _batch(1, 1, b"\x05\x00\x00\x00ab"), "runs past its end"),
+        (hello_frame("h1", 0) + _batch(1, 2, b"\x01\x00\x00\x00x"), "cut short after 1"),
         (hello_frame("h1", 0) + _batch(1, 0, b""), "an empty BATCH"),
         (hello_frame("h1", 0) + _batch(1, 1, b"\x00\x00\x00\x00z"), "1 stray bytes"),
     ],
@@ -117,15 +118,34 @@ def test_acks_every_n_or_after_t() -> None:
 
 def test_the_sent_window_frees_what_an_ack_covers() -> None:
     window = SentWindow(base=10, head=1000)  # 10 taken before; the oldest is 11
-    assert window.sending([b"aa", b"b"], record_header=4) == [11, 12]
-    assert window.next_pos == 1000 + 6 + 5
-    assert window.sending([b"cccc"], record_header=4) == [13]
+    assert window.sending(2, end=1011) == 11  # 11 and 12
+    assert window.next_pos == 1011
+    assert window.sending(1, end=1019) == 13
     assert window.in_flight == 3
     assert window.acked(10) is None  # nothing new
+    assert window.acked(11) is None  # inside the first batch: freed with a later ACK
     assert window.acked(12) == 1011  # commit up to the end of 12
     assert window.acked(13) == 1019 and window.in_flight == 0
     with pytest.raises(LinkError, match="ACK of 14, but only 13 were sent"):
         window.acked(14)
+
+
+def test_records_from_the_ring_make_the_same_frame_as_the_codes() -> None:
+    from server.core.codering import CodeRing
+    from server.core.ring import region_size
+
+    ring = CodeRing(memoryview(bytearray(region_size(256))), 256, init=True)
+    ring.push_many([b"x" * 100])
+    ring.pop_many(1)  # the next records wrap round the end of the ring
+    codes = [code(1), code(2), code(3)]
+    ring.push_many(codes)
+    start = ring.head
+    records, count, end = ring.peek_records(start, 1 << 20)
+    assert count == 3 and end == ring.tail
+    assert records_frame(7, count, records) == batch_frame(7, codes)
+    one, n, after = ring.peek_records(start, 1)  # at least one, even over the limit
+    assert n == 1 and after == start + 4 + len(codes[0])
+    assert ring.peek_records(ring.tail, 100) == (b"", 0, ring.tail)
 
 
 def test_a_listener_learns_the_applied_seq_from_the_hello() -> None:

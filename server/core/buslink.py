@@ -7,15 +7,17 @@ relay's restart).  Frames (integers big-endian)::
 
     u32 length of the rest | u8 type | body
     HELLO  1  u8 version (2) | u8 n | host name (n bytes) | u64 applied
-    BATCH  2  u64 seq of the first | u32 count | count x (u32 length | message)
+    BATCH  2  u64 seq of the first | u32 count | count x (u32 LE length | message)
     ACK    3  u64 applied
 
 A message is as it lies in an outbox or an inbox (``envelope``): u8 n |
 source address | u8 m | target address | payload.  A batch carries the
-messages ``seq .. seq + count - 1``; the sending relay copies them from
-its outbox as they are, and the receiving one pushes them into the
-target's inbox as they are (it checks each with ``target_of``), so the
-relays handle a message without taking it apart.
+messages ``seq .. seq + count - 1`` as records of the queues' ring
+(``server.core.ring``: a little-endian u32 length, then the message), so
+the sending relay copies a run of them from its outbox in one piece
+(``peek_records``), and the receiving one pushes them into the target's
+inbox as they are (it checks each with ``target_of``): the relays handle
+a message without taking it apart.
 The rules (TBus's handshake, our words):
 
 * On every connect each side first sends HELLO with its own name and the
@@ -38,6 +40,7 @@ closes the connection.  A frame longer than ``max_frame`` is one.
 
 from __future__ import annotations
 
+import collections
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +52,7 @@ HELLO, BATCH, ACK = 1, 2, 3
 _LEN = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _BATCH_HEAD = struct.Struct(">QI")
+_RECORD_LEN = struct.Struct("<I")  # as in the ring
 DEFAULT_MAX_FRAME = 4 << 20
 _NAMES = {HELLO: "HELLO", BATCH: "BATCH", ACK: "ACK"}
 
@@ -89,9 +93,14 @@ def hello_frame(name: str, applied: int) -> bytes:
 
 def batch_frame(first: int, codes: list[bytes]) -> bytes:
     """The messages ``first .. first + len(codes) - 1``, in one frame."""
-    pack = _LEN.pack
-    body = b"".join([pack(len(c)) + c for c in codes])
-    return _frame(BATCH, _BATCH_HEAD.pack(first, len(codes)) + body)
+    pack = _RECORD_LEN.pack
+    return records_frame(first, len(codes), b"".join([pack(len(c)) + c for c in codes]))
+
+
+def records_frame(first: int, count: int, records: bytes) -> bytes:
+    """A batch of ``count`` messages given as ring records (``peek_records``)."""
+    head = _LEN.pack(1 + _BATCH_HEAD.size + len(records)) + bytes([BATCH])
+    return head + _BATCH_HEAD.pack(first, count) + records
 
 
 def ack_frame(applied: int) -> bytes:
@@ -187,7 +196,7 @@ class LinkReader:
         first, count = _BATCH_HEAD.unpack_from(body)
         codes: list[bytes] = []
         at, end = _BATCH_HEAD.size, len(body)
-        unpack = _LEN.unpack_from
+        unpack = _RECORD_LEN.unpack_from
         for _ in range(count):
             if end - at < 4:
                 raise LinkError(f"a BATCH of {count} cut short after {len(codes)}")
@@ -223,29 +232,28 @@ def _text(raw: bytes, what: str) -> str:
 
 class SentWindow:
     """The sender's side of one link: which outbox messages are on their
-    way, where each ends in the outbox (the stream position a ``commit``
-    needs), and what an ACK frees.
+    way, where each batch of them ends in the outbox (the stream position a
+    ``commit`` needs), and what an ACK frees.
 
     ``base`` is the outbox's taken count: its oldest message has seq
-    ``base + 1``.  ``sent`` is the last seq sent on this connection."""
+    ``base + 1``.  ``sent`` is the last seq sent on this connection.  An
+    ACK in the middle of a batch frees the batches before it; the rest of
+    that batch goes with a later ACK (or the next HELLO)."""
 
     def __init__(self, base: int, head: int) -> None:
         self.base = base
         self.sent = base
         self.next_pos = head  # where the next message to send starts in the outbox
-        self._ends: list[tuple[int, int]] = []  # (seq, end position), sent, not acked
+        self._ends: collections.deque[tuple[int, int]] = collections.deque()  # (last seq, end)
 
-    def sending(self, codes: list[bytes], record_header: int) -> list[int]:
-        """``codes`` were peeked from ``next_pos`` and are being sent: their seqs."""
-        seqs = []
-        pos = self.next_pos
-        for code in codes:
-            pos += record_header + len(code)
-            self.sent += 1
-            self._ends.append((self.sent, pos))
-            seqs.append(self.sent)
-        self.next_pos = pos
-        return seqs
+    def sending(self, count: int, end: int) -> int:
+        """``count`` messages, peeked from ``next_pos`` up to ``end``, are
+        being sent: the seq of the first."""
+        first = self.sent + 1
+        self.sent += count
+        self._ends.append((self.sent, end))
+        self.next_pos = end
+        return first
 
     def acked(self, applied: int) -> int | None:
         """The peer applied up to ``applied``: the outbox position to commit
@@ -253,8 +261,9 @@ class SentWindow:
         if applied > self.sent:
             raise LinkError(f"ACK of {applied}, but only {self.sent} were sent")
         end = None
-        while self._ends and self._ends[0][0] <= applied:
-            end = self._ends.pop(0)[1]
+        ends = self._ends
+        while ends and ends[0][0] <= applied:
+            end = ends.popleft()[1]
         if applied > self.base:
             self.base = applied
         return end

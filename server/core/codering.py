@@ -295,6 +295,24 @@ class CodeRing(RingRegion):
             raise self._corrupt("new head", new_head, f"{head}..{tail}")
         self._publish_head(new_head, count)
 
+    def peek_records(self, start: int, max_bytes: int) -> tuple[bytes, int, int]:
+        """The records from ``start`` (a record boundary between the head and
+        the tail) as they lie in the ring, each ``u32 length (little-endian)
+        | code``: at most ``max_bytes`` of them, but at least one if there is
+        one.  Returns (their bytes, how many, the position after them);
+        nothing is taken.  (A bus relay sends them on as they are.)"""
+        head, tail, _used = self._used()
+        if not head <= start <= tail:
+            raise self._corrupt("peek position", start, f"{head}..{tail}")
+        pos, count = start, 0
+        while pos < tail:
+            size = RECORD_HEADER + self._read_len(pos, tail - pos)
+            if count and pos + size - start > max_bytes:
+                break
+            pos += size
+            count += 1
+        return (self._read(start, pos - start) if count else b""), count, pos
+
     def records_between(self, start: int, end: int) -> int:
         """How many records lie from ``start`` (a record boundary, at or
         after the head) to ``end``; raises unless ``end`` is a boundary

@@ -51,6 +51,15 @@ class PeekAndCommit(QueueParts):
         finally:
             self._unlock(POP)
 
+    def peek_records(self, start: int, max_bytes: int = 1 << 18) -> tuple[bytes, int, int]:
+        """The codes from ``start`` as they lie in the ring (``u32 length,
+        little-endian | code`` each): (bytes, how many, position after)."""
+        self._lock(POP, None)
+        try:
+            return self._ring.peek_records(start, max_bytes)
+        finally:
+            self._unlock(POP)
+
     def commit(self, end: int) -> int:
         """Take every code before position ``end`` (from ``peek``); returns
         how many that was."""

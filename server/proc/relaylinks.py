@@ -26,8 +26,8 @@ from ..core.buslink import (
     LinkReader,
     SentWindow,
     ack_frame,
-    batch_frame,
     hello_frame,
+    records_frame,
     target_of,
 )
 from ..core.linkboard import LinkState
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("server.relay")
 
 SEND_HIGH = 256 * 1024  # bytes queued for a socket before we stop peeking more
-PEEK = 256  # messages per peek, and per BATCH frame
 BATCH_BYTES = 256 * 1024  # bytes per BATCH frame (or one larger message alone)
 RUN = 256  # messages per marked push into one inbox
 BACKOFF = (0.1, 2.0)
@@ -185,18 +184,17 @@ class OutLink:
         if conn is None or window is None:
             return
         while len(conn.out) < SEND_HIGH:
-            codes, _end = self.outbox.peek(PEEK, start=window.next_pos, max_bytes=BATCH_BYTES)
-            if not codes:
+            records, count, end = self.outbox.peek_records(window.next_pos, BATCH_BYTES)
+            if not count:
                 if self.outbox.prepare_peek_wait(window.next_pos):  # until an endpoint pushes
                     if not self.waiting:
                         self.waiting = True
                         self.relay.watch(self.outbox.fileno(), self._on_outbox)
                     break
                 continue
-            first = window.sent + 1
-            window.sending(codes, RECORD_HEADER)
+            first = window.sending(count, end)
             self.board.out_sent[0] = window.sent
-            conn.send(batch_frame(first, codes))  # as they lie in the outbox
+            conn.send(records_frame(first, count, records))  # as they lie in the outbox
 
     def _on_outbox(self, _mask: int) -> None:
         self.outbox.finish_wait()
