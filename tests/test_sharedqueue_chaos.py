@@ -24,7 +24,9 @@ def test_six_writers_three_readers_killed_24_times() -> None:
         assert sum(deaths.values()) >= 24
         assert sum(n for how, n in deaths.items() if "." in how) >= 12  # at the crash points
         assert all(deaths.get(p) for p in CRASH_POINTS)  # every one of them
-        assert report["codes_read"] > 1000
+        # not a speed test: a worker lives 0.1-1 s, much of it starting Python, so on 2
+        # busy cores a run moves 400 to 7,000 codes; a few hundred cross every crash point
+        assert report["codes_read"] > 200
         assert report["longest_lock_wait_s"] < 1.0
     finally:
         shutil.rmtree(report["folder"], ignore_errors=True)

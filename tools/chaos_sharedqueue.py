@@ -87,6 +87,9 @@ class Chaos:
     def points_missed(self) -> list[str]:
         return [p for p in CRASH_POINTS if not self.deaths[p]]
 
+    def at_points(self) -> int:
+        return sum(n for how, n in self.deaths.items() if "." in how)
+
     def start(self, w: Worker, point: str = "") -> None:
         w.inc += 1
         w.armed = point
@@ -138,7 +141,9 @@ def run(
         for w in pool:
             chaos.start(w)
         next_kill = time.monotonic() + rng.uniform(0.02, 0.15)
-        while chaos.dead < kills or chaos.points_missed():
+        # until enough deaths, every point hit, and half of the deaths at a point (an
+        # armed worker killed at the end, or after ARMED_PATIENCE, does not count as one)
+        while chaos.dead < kills or chaos.points_missed() or chaos.at_points() < kills // 2:
             if time.monotonic() > deadline:
                 raise AssertionError(f"only {chaos.dead} of {kills} kills in {limit} s")
             time.sleep(0.005)
@@ -184,13 +189,13 @@ def _arm(chaos: Chaos, kills: int, w: Worker) -> str:
     """A crash point for the next incarnation, while fewer than half of
     the deaths so far were at one, or one of its role's was never hit:
     its role's points in turn, so a short run hits every one."""
-    at_points = sum(n for how, n in chaos.deaths.items() if "." in how)
+    at_points = chaos.at_points()
     armed = [x.armed for x in chaos.workers if x.armed]
     points = PUSH_POINTS if w.role == "writer" else POP_POINTS
     todo = [p for p in points if not chaos.deaths[p] and p not in armed]
     if todo:
         return todo[0]
-    if at_points + len(armed) >= kills // 2 or chaos.dead + len(armed) >= kills:
+    if at_points + len(armed) >= kills // 2:
         return ""
     cycle = chaos.turns[w.role] = chaos.turns[w.role] + 1
     return points[cycle % len(points)]
