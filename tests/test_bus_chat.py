@@ -89,11 +89,15 @@ class Chat:
         return got
 
 
+ROOMS: dict[str, Relays] = {}  # a test's folder -> its relays (for a test that kills one)
+
+
 @pytest.fixture
 def two_servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, int]]:
     listens = {h: f"{ip}:{_free_port(ip)}" for h, ip in (("h1", "127.0.0.2"), ("h2", "127.0.0.3"))}
     config = write_config(tmp_path / "bus.toml", listens, {"chat@h1": "h1", "chat@h2": "h2"})
     relays = Relays(config)
+    ROOMS[str(tmp_path)] = relays
     envs: dict[str, dict[str, str]] = request.param
     servers, ports, keys = {}, {}, {}
     try:
@@ -133,6 +137,7 @@ def two_servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict
                 proc.wait()
             log.close()
         relays.stop()
+        ROOMS.pop(str(tmp_path), None)
         remove_queues(config)
         for key in keys.values():
             subprocess.run(
@@ -177,3 +182,28 @@ def test_a_logic_process_killed_after_publishing_sends_nothing_twice(
         b.sock.sendall(b"back %d\n" % i)
         assert a.line() == f"[chat@h2] user0: back {i}"
     assert b.quiet(1.0) == [] and a.quiet(0.2) == []  # nothing twice
+
+
+@pytest.mark.parametrize("two_servers", [{}], ids=["no-crashes"], indirect=True)
+def test_a_room_whose_relay_is_down_waits_then_delivers_everything(
+    two_servers: dict[str, int], tmp_path: Path
+) -> None:
+    a, b = Chat(two_servers["h1"]), Chat(two_servers["h2"])
+    assert a.line().startswith("* welcome") and b.line().startswith("* welcome")
+    time.sleep(0.5)
+    a.quiet(0.3)
+    b.quiet(0.3)
+    relays = ROOMS[str(tmp_path)]
+    relays.kill("h1")  # h1's outbox (64 KiB) fills: a's server waits, it drops nothing
+    lines = [b"%d " % i + b"x" * 200 for i in range(600)]
+    a.sock.sendall(b"".join(line + b"\n" for line in lines))
+    log = tmp_path / "server-h1.log"
+    deadline = time.monotonic() + 20
+    while b"is full (is the relay of host h1 running?)" not in log.read_bytes():
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    relays.start("h1")
+    got = [b.line(timeout=20) for _ in lines]
+    assert got == [f"[chat@h1] user0: {line.decode()}" for line in lines]
+    assert b.quiet(0.5) == []
+    assert b"the room's queues take messages again" in log.read_bytes()

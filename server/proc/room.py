@@ -79,6 +79,7 @@ class Room:
             self.targets.append((peer, self.queues[key], i))
         self.last = {key: q.mark(self.slot) for key, q in self.queues.items()}
         self.sends = 0
+        self.stalled = False  # a queue of the room was full: said once
         self.after_send = crash_after_step(int(os.environ.get(SEND_CRASH_ENV) or 0))
         outbox = Outbox(limit=seg.outbound.ring.capacity, encode_frame=framing.encode)
         self.bridge = BridgeStep(
@@ -115,8 +116,19 @@ class Room:
                     continue  # queued before (a redone step)
                 code = envelope(self.address, peer, packed)
                 if queue.push_many([code], timeout=0, mark=(self.slot, mark)) != 1:
+                    if not self.stalled:
+                        self.stalled = True
+                        log.warning(
+                            "the queue to %s is full (is the relay of host %s running?): "
+                            "this server's steps wait for it; nothing is dropped",
+                            peer,
+                            self.host,
+                        )
                     return False
                 self.last[queue.key] = mark
+        if self.stalled:
+            self.stalled = False
+            log.info("the room's queues take messages again")
         self.sends += 1
         if self.after_send is not None:
             self.after_send(self.sends)
