@@ -368,7 +368,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=2, help="load client processes (default 2)")
     parser.add_argument("--only", choices=list(SCENARIOS), action="append", help="run only these")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="instead: where one request's round trip goes, hop by hop (tools.trace_hops)",
+    )
     args = parser.parse_args(argv)
+    if args.trace:
+        from tools.trace_hops import report, run
+
+        print(report(run()))
+        return 0
     names = [n for n in args.servers.split(",") if n]
     unknown = set(names) - set(SERVERS)
     if unknown:
