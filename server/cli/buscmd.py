@@ -1,4 +1,4 @@
-"""``python -m server bus send|recv|stat``: the bus from a shell, for scripts and demos.
+"""``python -m server bus send|recv|stat`` and ``relay``: the bus from a shell.
 
 ::
 
@@ -22,6 +22,7 @@ import json
 import sys
 
 from ..core.busconfig import load_bus_config
+from ..errors import ConfigError
 from ..ipc.bus import Bus
 from .busview import describe_bus, format_bus
 
@@ -45,6 +46,38 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     stat.add_argument("--host", help="which host of the file (default: every host)")
     stat.add_argument("--json", action="store_true", help="machine-readable output")
     bus.set_defaults(func=cmd_bus)
+
+
+def add_relay_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    relay = sub.add_parser(
+        "relay", parents=[common], help="the bus relay of this host (one per host)"
+    )
+    relay.add_argument("--config", default="bus.toml", help="the bus's TOML file")
+    relay.add_argument(
+        "--host", help="which host of the file this is (default: the one whose address is here)"
+    )
+    relay.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=5.0,
+        help="kill and restart a frozen relay: no heartbeat for this long (default 5)",
+    )
+    relay.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # its supervisor's
+    relay.set_defaults(func=cmd_relay)
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from ..proc.relay import this_host
+    from ..proc.relaysup import run_relay
+
+    config = load_bus_config(args.config)
+    if args.hang_timeout <= 0:
+        raise ConfigError(
+            f"--hang-timeout {args.hang_timeout!r}: seconds > 0",
+            option="--hang-timeout",
+            value=args.hang_timeout,
+        )
+    return run_relay(config, args.host or this_host(config), args.listen_fd, args.hang_timeout)
 
 
 def cmd_bus(args: argparse.Namespace) -> int:

@@ -186,21 +186,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return EXIT_CORRUPT
 
 
-def cmd_relay(args: argparse.Namespace) -> int:
-    from ..core.busconfig import load_bus_config
-    from ..proc.relay import this_host
-    from ..proc.relaysup import run_relay
-
-    config = load_bus_config(args.config)
-    if args.hang_timeout <= 0:
-        raise ConfigError(
-            f"--hang-timeout {args.hang_timeout!r}: seconds > 0",
-            option="--hang-timeout",
-            value=args.hang_timeout,
-        )
-    return run_relay(config, args.host or this_host(config), args.listen_fd, args.hang_timeout)
-
-
 def cmd_client(args: argparse.Namespace) -> int:
     from . import client
 
@@ -330,23 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--port", type=int, default=DEFAULT_PORT)
     cli.set_defaults(func=cmd_client)
 
-    relay = sub.add_parser(
-        "relay", parents=[common], help="the bus relay of this host (one per host)"
-    )
-    relay.add_argument("--config", default="bus.toml", help="the bus's TOML file")
-    relay.add_argument(
-        "--host", help="which host of the file this is (default: the one whose address is here)"
-    )
-    relay.add_argument(
-        "--hang-timeout",
-        type=float,
-        default=5.0,
-        help="kill and restart a frozen relay: no heartbeat for this long (default 5)",
-    )
-    relay.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # its supervisor's
-    relay.set_defaults(func=cmd_relay)
-
     from .buscmd import add_parser as add_bus_parser
+    from .buscmd import add_relay_parser
+
+    add_relay_parser(sub, common)
 
     add_bus_parser(sub, common)
 
