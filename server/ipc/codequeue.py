@@ -40,6 +40,7 @@ consumer.  The doorbell is a Unix socket in a folder only this user may use
 
 from __future__ import annotations
 
+import os
 import select
 import time
 from typing import Any
@@ -170,6 +171,7 @@ class CodeQueue(InSegment):
         while time.monotonic() < spin_until:
             if not ring.empty():
                 return True
+            os.sched_yield()  # two cores: give way to the producer if it waits for one
         fd = self.fileno()
         if not self.prepare_wait():
             return True

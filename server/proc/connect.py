@@ -38,21 +38,20 @@ import time
 
 from ..core.clients import Client, ClientTable
 from ..core.config import ServerConfig
+from ..core.idle import Spinner
 from ..core.outflow import ReplyAnchors
 from ..core.status import Role
 from ..core.supervision import Stall, orphan_leftover, stop_leftover
-from ..ipc.codequeue import GRACE
 from ..ipc.segment import ServerSegment
 from .adoption import adopted, lost_supervisor, stop_awaiting
-from .common import TICK, Heartbeat, Parent, enable_stack_dumps
+from .common import Heartbeat, Parent, enable_stack_dumps
 from .handover import hand_over, on_control, take_over
 from .keeper import Notices
-from .replies import ReplyFlow
+from .replies import REPLY_SPIN, ReplyFlow
 from .sockets import RECV_SIZE, SCRATCH_SIZE, ClientSockets, send_queue
 
 log = logging.getLogger("server.connect")
 
-ROOM_POLL = 2e-3  # while the inbound queue is full
 
 _DOORBELL, _LISTENER, _CONTROL, _HANDOVER = "doorbell", "listener", "control", "handover"
 _ADOPTER = "adopter"  # a new supervisor, after ours died (server.proc.adoption)
@@ -93,6 +92,8 @@ class ConnectProcess(ReplyFlow, ClientSockets):
         self.notices = Notices(control)  # OPEN and CLOSE for the supervisor (its duplicates)
         self.handover: socket.socket | None = None  # given by the supervisor on SIGHUP
         self.asleep = False
+        self.spinner = Spinner(REPLY_SPIN)  # before sleeping on the outbound doorbell
+        self.handed = self.inbound.ring.tail
         self.now = time.monotonic()
 
     def _on_term(self, signum: int, frame: object) -> None:
@@ -175,20 +176,6 @@ class ConnectProcess(ReplyFlow, ClientSockets):
             hand_over(self, self.handover)  # type: ignore[arg-type]
         else:
             self.finish_stop()
-
-    def choose_timeout(self) -> float:
-        if self.outbound.ring.tail != self.anchors.read:
-            return 0.0
-        if self.table.backlog:
-            return ROOM_POLL
-        if self.stopping:
-            return 0.05
-        if self.asleep:
-            return TICK
-        if self.outbound.prepare_wait(self.anchors.read):
-            self.asleep = True
-            return GRACE
-        return 0.0
 
     # -- queues ---------------------------------------------------------------------------
     def push(self) -> None:

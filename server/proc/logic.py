@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.app import load_app
 from ..core.config import ServerConfig
 from ..core.framing import Framing, make_framing
+from ..core.idle import Spinner
 from ..core.status import Role
 from ..core.stepper import LogicStepper
 from ..ipc.segment import ServerSegment
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("server.logic")
 
 CRASH_ENV = "STCP_CRASH_AFTER_PUBLISHING_STEP"
+REQUEST_SPIN = 200e-6  # after publishing replies: watch for the next request this long
 
 
 def crash_after_step(n: int) -> Callable[[int], None] | None:
@@ -127,6 +129,7 @@ def _run(
         else "",
     )
     parent = Parent()
+    spinner = Spinner(REQUEST_SPIN)  # before sleeping on the inbound doorbell
     orphaned = False
     errors_reported = 0
     backoff = 0.0
@@ -164,6 +167,11 @@ def _run(
         if room is not None:
             room.wait(inbound, TICK)
         else:
-            inbound.wait(timeout=TICK)
+            budget = spinner.budget()
+            start = time.perf_counter()
+            if inbound.wait(timeout=TICK, spin=budget) and budget:
+                spinner.spun(time.perf_counter() - start <= budget)  # the spin found it
+            elif budget:
+                spinner.spun(False)
     log.info("stopped: %d codes processed in all", inbound.stats()["popped"])
     return 0

@@ -12,16 +12,23 @@ only up to the next such client's first code at a time.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ..core.clients import Client, ClientTable
+from ..core.idle import Spinner
 from ..core.outflow import ReplyAnchors
 from ..core.streams import StreamLedger
+from ..ipc.codequeue import GRACE
+from .common import TICK
 
 log = logging.getLogger("server.connect")
 
 OUT_CODES_PER_TURN = 4096
+ROOM_POLL = 2e-3  # while the inbound queue is full
+REPLY_SPIN = 100e-6  # after handing requests over: watch for their replies this long
 
 
 class ReplyFlow:
@@ -32,6 +39,47 @@ class ReplyFlow:
     unborn: dict[int, int]
     progress: Any
     flush: Callable[[Client], None]  # server.proc.sockets (after this class in the MRO)
+    inbound: Any
+    stopping: bool
+    asleep: bool
+    spinner: Spinner
+    handed: int  # the inbound tail when we last looked: it moved, so replies are coming
+
+    def choose_timeout(self) -> float:
+        """How long the loop may sleep in ``select``: 0 while replies wait;
+        after handing requests over, a short spin for their replies first
+        (``server.core.idle``); then it falls asleep on the doorbell."""
+        if self.outbound.ring.tail != self.anchors.read:
+            return 0.0
+        if self.table.backlog:
+            return ROOM_POLL
+        if self.stopping:
+            return 0.05
+        if self.asleep:
+            return TICK
+        tail = self.inbound.ring.tail
+        if tail != self.handed:
+            self.handed = tail
+            if self._spin_for_replies():
+                return 0.0
+        if self.outbound.prepare_wait(self.anchors.read):
+            self.asleep = True
+            return GRACE
+        return 0.0
+
+    def _spin_for_replies(self) -> bool:
+        budget = self.spinner.budget()
+        if not budget:
+            return False
+        ring, read = self.outbound.ring, self.anchors.read
+        deadline = time.perf_counter() + budget
+        while ring.tail == read:
+            if time.perf_counter() >= deadline:
+                self.spinner.spun(False)
+                return False
+            os.sched_yield()  # two cores: give way to the logic process if it waits for one
+        self.spinner.spun(True)
+        return True
 
     def deliver(self) -> None:
         """Deliver the codes past ``anchors.read`` and write them out; the
