@@ -94,6 +94,7 @@ class ConnectProcess(ReplyFlow, ClientSockets):
         self.asleep = False
         self.spinner = Spinner(REPLY_SPIN)  # before sleeping on the outbound doorbell
         self.handed = self.inbound.ring.tail
+        self.spin_until = 0.0
         self.now = time.monotonic()
 
     def _on_term(self, signum: int, frame: object) -> None:

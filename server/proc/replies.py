@@ -44,12 +44,17 @@ class ReplyFlow:
     asleep: bool
     spinner: Spinner
     handed: int  # the inbound tail when we last looked: it moved, so replies are coming
+    spin_until: float  # perf_counter() until which the loop polls for replies (0: not)
 
     def choose_timeout(self) -> float:
         """How long the loop may sleep in ``select``: 0 while replies wait;
-        after handing requests over, a short spin for their replies first
-        (``server.core.idle``); then it falls asleep on the doorbell."""
+        for a short while after handing requests over, 0 too (the loop goes
+        on polling its sockets and the queue for the replies, the spin of
+        ``server.core.idle``); then it falls asleep on the doorbell."""
         if self.outbound.ring.tail != self.anchors.read:
+            if self.spin_until:
+                self.spin_until = 0.0
+                self.spinner.spun(True)
             return 0.0
         if self.table.backlog:
             return ROOM_POLL
@@ -58,28 +63,22 @@ class ReplyFlow:
         if self.asleep:
             return TICK
         tail = self.inbound.ring.tail
-        if tail != self.handed:
+        if tail != self.handed:  # requests went over: their replies are coming
             self.handed = tail
-            if self._spin_for_replies():
+            if not self.spin_until:
+                budget = self.spinner.budget()
+                if budget:
+                    self.spin_until = time.perf_counter() + budget
+        if self.spin_until:
+            if time.perf_counter() < self.spin_until:
+                os.sched_yield()  # two cores: give way to the logic process if it waits for one
                 return 0.0
+            self.spin_until = 0.0
+            self.spinner.spun(False)
         if self.outbound.prepare_wait(self.anchors.read):
             self.asleep = True
             return GRACE
         return 0.0
-
-    def _spin_for_replies(self) -> bool:
-        budget = self.spinner.budget()
-        if not budget:
-            return False
-        ring, read = self.outbound.ring, self.anchors.read
-        deadline = time.perf_counter() + budget
-        while ring.tail == read:
-            if time.perf_counter() >= deadline:
-                self.spinner.spun(False)
-                return False
-            os.sched_yield()  # two cores: give way to the logic process if it waits for one
-        self.spinner.spun(True)
-        return True
 
     def deliver(self) -> None:
         """Deliver the codes past ``anchors.read`` and write them out; the
