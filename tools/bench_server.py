@@ -45,6 +45,7 @@ from typing import Any
 
 from server import SHMFactory
 from server.core.framing import LengthFraming
+from server.proc.common import SPIN_ENV
 
 _fork = multiprocessing.get_context("fork")
 SCENARIOS = {
@@ -191,19 +192,20 @@ def in_process(target: Callable[[socket.socket], None]) -> Iterator[tuple[int, l
 
 
 @contextmanager
-def stepwise_server() -> Iterator[tuple[int, list[int]]]:
+def stepwise_server(spin: bool = True) -> Iterator[tuple[int, list[int]]]:
     key = random.randint(0x1000_0000, 0x7FFF_FFFF)
     with tempfile.TemporaryFile() as log:
-        yield from _stepwise(key, log)
+        yield from _stepwise(key, log, spin)
 
 
-def _stepwise(key: int, log: Any) -> Iterator[tuple[int, list[int]]]:
+def _stepwise(key: int, log: Any, spin: bool = True) -> Iterator[tuple[int, list[int]]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "run", "--app", "echo", "--port", "0"]
         + ["--key", hex(key), "--queue-bytes", str(8 << 20)],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
+        env=dict(os.environ, **({} if spin else {SPIN_ENV: "0"})),
     )
     try:
         assert proc.stdout is not None
@@ -359,7 +361,10 @@ SERVERS: dict[str, Callable[[], Any]] = {
     "selectors": lambda: in_process(selectors_server),
     "asyncio": lambda: in_process(asyncio_server),
     "pipe": lambda: in_process(pipe_server),
+    # the same server without spinning before it sleeps (server.core.idle): the spin's price
+    "stepwise-nospin": lambda: stepwise_server(spin=False),
 }
+DEFAULT_SERVERS = "stepwise,selectors,asyncio,pipe"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     parser.add_argument("--clients", type=int, default=2, help="load client processes (default 2)")
     parser.add_argument("--only", choices=list(SCENARIOS), action="append", help="run only these")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
+    parser.add_argument(
+        "--servers",
+        default=DEFAULT_SERVERS,
+        help=f"comma-separated, of {', '.join(SERVERS)} (default {DEFAULT_SERVERS})",
+    )
     parser.add_argument(
         "--trace",
         action="store_true",

@@ -37,6 +37,7 @@ TICK = 0.5
 PARENT_ENV = "STCP_SUPERVISOR_PID"  # set by the supervisor for the workers it starts
 BEAT = 0.1  # the heartbeat thread's period
 STACK_SIGNAL = signal.SIGUSR1
+SPIN_ENV = "STCP_SPIN"  # benchmark-only: scales the spins before a sleep (0: none)
 
 __all__ = ["alive", "process_state"]  # here for the process modules; they live in ipc
 
@@ -68,6 +69,15 @@ def exit_text(returncode: int) -> str:
 def enable_stack_dumps() -> None:
     """On SIGUSR1, write every thread's Python stack to stderr (the log)."""
     faulthandler.register(STACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+
+
+def spin_scale() -> float:
+    """How much of the usual spin before a sleep (``server.core.idle``):
+    ``STCP_SPIN``, for a benchmark that compares with none; 1 otherwise."""
+    try:
+        return max(0.0, float(os.environ.get(SPIN_ENV) or 1.0))
+    except ValueError:
+        return 1.0
 
 
 def monotonic_ms() -> int:

@@ -44,7 +44,7 @@ from ..core.status import Role
 from ..core.supervision import Stall, orphan_leftover, stop_leftover
 from ..ipc.segment import ServerSegment
 from .adoption import adopted, lost_supervisor, stop_awaiting
-from .common import Heartbeat, Parent, enable_stack_dumps
+from .common import Heartbeat, Parent, enable_stack_dumps, spin_scale
 from .handover import hand_over, on_control, take_over
 from .keeper import Notices
 from .replies import REPLY_SPIN, ReplyFlow
@@ -92,7 +92,7 @@ class ConnectProcess(ReplyFlow, ClientSockets):
         self.notices = Notices(control)  # OPEN and CLOSE for the supervisor (its duplicates)
         self.handover: socket.socket | None = None  # given by the supervisor on SIGHUP
         self.asleep = False
-        self.spinner = Spinner(REPLY_SPIN)  # before sleeping on the outbound doorbell
+        self.spinner = Spinner(REPLY_SPIN * spin_scale())  # before sleeping on the doorbell
         self.handed = self.inbound.ring.tail
         self.spin_until = 0.0
         self.now = time.monotonic()

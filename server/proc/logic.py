@@ -33,7 +33,7 @@ from ..core.idle import Spinner
 from ..core.status import Role
 from ..core.stepper import LogicStepper
 from ..ipc.segment import ServerSegment
-from .common import TICK, Heartbeat, Parent, enable_stack_dumps
+from .common import TICK, Heartbeat, Parent, enable_stack_dumps, spin_scale
 
 if TYPE_CHECKING:
     from .room import Room
@@ -129,7 +129,7 @@ def _run(
         else "",
     )
     parent = Parent()
-    spinner = Spinner(REQUEST_SPIN)  # before sleeping on the inbound doorbell
+    spinner = Spinner(REQUEST_SPIN * spin_scale())  # before sleeping on the inbound doorbell
     orphaned = False
     errors_reported = 0
     backoff = 0.0
