@@ -47,7 +47,7 @@ from .adoption import adopted, lost_supervisor, stop_awaiting
 from .common import Heartbeat, Parent, enable_stack_dumps, spin_scale
 from .handover import hand_over, on_control, take_over
 from .keeper import Notices
-from .replies import REPLY_SPIN, ReplyFlow
+from .replies import LIGHT, REPLY_SPIN, ReplyFlow
 from .sockets import RECV_SIZE, SCRATCH_SIZE, ClientSockets, send_queue
 
 log = logging.getLogger("server.connect")
@@ -95,6 +95,7 @@ class ConnectProcess(ReplyFlow, ClientSockets):
         self.spinner = Spinner(REPLY_SPIN * spin_scale())  # before sleeping on the doorbell
         self.handed = self.inbound.ring.tail
         self.spin_until = 0.0
+        self.busy = False
         self.now = time.monotonic()
 
     def _on_term(self, signum: int, frame: object) -> None:
@@ -147,6 +148,7 @@ class ConnectProcess(ReplyFlow, ClientSockets):
                     log.warning(stop_leftover(self.cfg.stop_timeout, *left))
                     break
             events = self.sel.select(self.choose_timeout())
+            self.busy = len(events) > LIGHT  # many at once: no spin for replies (replies.py)
             self.now = time.monotonic()
             if self.asleep and events:
                 self.outbound.finish_wait()

@@ -42,6 +42,7 @@ log = logging.getLogger("server.logic")
 
 CRASH_ENV = "STCP_CRASH_AFTER_PUBLISHING_STEP"
 REQUEST_SPIN = 200e-6  # after publishing replies: watch for the next request this long
+LIGHT = 1  # steps of at most this many codes: a light load
 
 
 def crash_after_step(n: int) -> Callable[[int], None] | None:
@@ -130,6 +131,7 @@ def _run(
     )
     parent = Parent()
     spinner = Spinner(REQUEST_SPIN * spin_scale())  # before sleeping on the inbound doorbell
+    last = 0  # codes the last step took: a few means a light load, where a spin pays
     orphaned = False
     errors_reported = 0
     backoff = 0.0
@@ -148,6 +150,7 @@ def _run(
             break
         if done > 0 or done == LogicStepper.PARTIAL or got > 0:
             backoff = 0.0
+            last = done
             continue
         if LogicStepper.BLOCKED in (done, got):  # BridgeStep.BLOCKED is the same -1
             if stop.requested:  # nobody is left to drain the outbound queue
@@ -167,7 +170,7 @@ def _run(
         if room is not None:
             room.wait(inbound, TICK)
         else:
-            budget = spinner.budget()
+            budget = spinner.budget() if last <= LIGHT else 0.0  # heavy load: no spin
             start = time.perf_counter()
             if inbound.wait(timeout=TICK, spin=budget) and budget:
                 spinner.spun(time.perf_counter() - start <= budget)  # the spin found it

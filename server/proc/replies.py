@@ -29,6 +29,7 @@ log = logging.getLogger("server.connect")
 OUT_CODES_PER_TURN = 4096
 ROOM_POLL = 2e-3  # while the inbound queue is full
 REPLY_SPIN = 100e-6  # after handing requests over: watch for their replies this long
+LIGHT = 1  # a turn with at most this many events: a light load, where a spin pays
 
 
 class ReplyFlow:
@@ -45,6 +46,7 @@ class ReplyFlow:
     spinner: Spinner
     handed: int  # the inbound tail when we last looked: it moved, so replies are coming
     spin_until: float  # perf_counter() until which the loop polls for replies (0: not)
+    busy: bool  # the last turn had more than LIGHT events: the loop is never idle for long
 
     def choose_timeout(self) -> float:
         """How long the loop may sleep in ``select``: 0 while replies wait;
@@ -65,7 +67,7 @@ class ReplyFlow:
         tail = self.inbound.ring.tail
         if tail != self.handed:  # requests went over: their replies are coming
             self.handed = tail
-            if not self.spin_until:
+            if not self.spin_until and not self.busy:  # busy: it would only cost the others
                 budget = self.spinner.budget()
                 if budget:
                     self.spin_until = time.perf_counter() + budget
