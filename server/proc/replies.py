@@ -3,6 +3,12 @@ clients' sockets, and the head moved on only past codes every client has
 handed to its kernel (the rule and its reasons: ``server.core.outflow``).
 A part of ``ConnectProcess`` (``server.proc.connect``).
 
+``choose_timeout`` decides how long the loop may sleep: not while replies
+wait; under a light load, not for a short while after requests went to
+the logic process either (the loop polls for their replies: the spin of
+``server.core.idle``, which saves a wake-up each way); else until the
+outbound doorbell rings.
+
 After a crash the codes from the head are delivered again: ``unborn``
 holds the clients that must not get the first of them (they were written
 before the crash, see ``server.core.streams``), and ``deliver`` reads
