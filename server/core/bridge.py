@@ -53,11 +53,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..errors import BadCode, CodeTooLarge, CorruptSegment
+from ..errors import BadCode, CodeTooLarge
 from .buslink import open_envelope
 from .codering import CodeRing
 from .codes import NO_CONN
-from .placed import InSegment
+from .placed import InSegment, magic_words
 from .ring import RECORD_HEADER
 
 MAGIC = int.from_bytes(b"BUSJRNL1", "little")
@@ -130,21 +130,9 @@ class BusJournal(InSegment):
     SIZE = REGION_SIZE
 
     def __init__(self, region: memoryview, *, init: bool) -> None:
-        if len(region) != REGION_SIZE:
-            raise ValueError(f"a bus journal takes {REGION_SIZE} bytes, got {len(region)}")
-        self._w = region.cast("Q")
-        if init:
-            for i in range(len(self._w)):
-                self._w[i] = 0
-            self._w[_MAGIC] = MAGIC
-        elif self._w[_MAGIC] != MAGIC:
-            raise CorruptSegment(
-                f"bus journal magic is {self._w[_MAGIC]:#x}, expected {MAGIC:#x}: the segment is "
-                f"corrupt; remove it (python -m server clean) to start afresh",
-                field="busjournal.magic",
-                found=self._w[_MAGIC],
-                expected=MAGIC,
-            )
+        self._w = magic_words(
+            region, REGION_SIZE, MAGIC, "bus journal", "busjournal.magic", init=init
+        )
 
     @classmethod
     def on_region(cls, region: memoryview, param: int, *, init: bool, observer: bool) -> BusJournal:

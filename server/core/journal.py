@@ -70,9 +70,8 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from ..errors import CorruptSegment
 from .codering import CodeRing
-from .placed import InSegment
+from .placed import InSegment, magic_words
 
 MAGIC = int.from_bytes(b"JOURNAL2", "little")
 REGION_SIZE = 128
@@ -94,21 +93,9 @@ class StepJournal(InSegment):
     SIZE = REGION_SIZE
 
     def __init__(self, region: memoryview, *, init: bool) -> None:
-        if len(region) != REGION_SIZE:
-            raise ValueError(f"a journal takes {REGION_SIZE} bytes, got {len(region)}")
-        self._w = region.cast("Q")
-        if init:
-            for i in range(len(self._w)):
-                self._w[i] = 0
-            self._w[_MAGIC] = MAGIC
-        elif self._w[_MAGIC] != MAGIC:
-            raise CorruptSegment(
-                f"step journal magic is {self._w[_MAGIC]:#x}, expected {MAGIC:#x}: the segment "
-                f"is corrupt; remove it (python -m server clean) to start afresh",
-                field="journal.magic",
-                found=self._w[_MAGIC],
-                expected=MAGIC,
-            )
+        self._w = magic_words(
+            region, REGION_SIZE, MAGIC, "step journal", "journal.magic", init=init
+        )
 
     @classmethod
     def on_region(

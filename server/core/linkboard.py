@@ -37,7 +37,7 @@ import enum
 from typing import Any
 
 from ..errors import CorruptSegment
-from .placed import InSegment
+from .placed import InSegment, magic_words
 
 MAGIC = int.from_bytes(b"LINKS\x00\x00\x01", "little")
 SLOTS = 32
@@ -97,21 +97,17 @@ class LinkBoard(InSegment):
     SIZE = REGION_SIZE
 
     def __init__(self, region: memoryview, *, init: bool) -> None:
-        if len(region) != REGION_SIZE:
-            raise ValueError(f"a link board takes {REGION_SIZE} bytes, got {len(region)}")
         self._region = region
-        self._w = region.cast("Q")
-        if init:
-            region[:] = bytes(REGION_SIZE)
-            self._w[0] = MAGIC
-        elif self._w[0] != MAGIC:
-            raise CorruptSegment(
-                f"link board magic is {self._w[0]:#x}, expected {MAGIC:#x}: the relay's segment "
-                f"is corrupt; stop the relay and remove it (python -m server clean --key ...)",
-                field="links.magic",
-                found=self._w[0],
-                expected=MAGIC,
-            )
+        self._w = magic_words(
+            region,
+            REGION_SIZE,
+            MAGIC,
+            "link board",
+            "links.magic",
+            init=init,
+            where="the relay's segment",
+            remedy="stop the relay and remove it (python -m server clean --key ...)",
+        )
         self._slots: list[LinkSlot] = []
 
     @classmethod

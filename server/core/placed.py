@@ -32,6 +32,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from ..errors import CorruptSegment
 from .header import StartMode
 
 T = TypeVar("T", bound="InSegment")
@@ -77,6 +78,38 @@ class InSegment:
 
     def report(self, name: str) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def magic_words(
+    region: memoryview,
+    size: int,
+    magic: int,
+    what: str,
+    field: str,
+    *,
+    init: bool,
+    where: str = "the segment",
+    remedy: str = "remove it (python -m server clean) to start afresh",
+) -> memoryview:
+    """``region`` (``size`` bytes, else ValueError) as u64 words whose word 0
+    is ``magic``: zeroed and stamped in INIT; checked in RECOVER, where
+    another value is ``CorruptSegment`` naming ``what`` and ``field``."""
+    if len(region) != size:
+        raise ValueError(f"a {what} takes {size} bytes, got {len(region)}")
+    words = region.cast("Q")
+    if init:
+        region[:] = bytes(size)
+        words[0] = magic
+    elif words[0] != magic:
+        found = words[0]
+        words.release()
+        raise CorruptSegment(
+            f"{what} magic is {found:#x}, expected {magic:#x}: {where} is corrupt; {remedy}",
+            field=field,
+            found=found,
+            expected=magic,
+        )
+    return words
 
 
 def slot_words(region: memoryview, slots: int, words: int, what: str, *, init: bool) -> memoryview:

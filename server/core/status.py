@@ -44,8 +44,7 @@ import enum
 import time
 from typing import Any
 
-from ..errors import CorruptSegment
-from .placed import InSegment
+from .placed import InSegment, magic_words
 from .supervision import describe_exit
 
 MAGIC = int.from_bytes(b"STATUS02", "little")
@@ -156,21 +155,7 @@ class StatusBoard(InSegment):
     SIZE = REGION_SIZE
 
     def __init__(self, region: memoryview, *, init: bool) -> None:
-        if len(region) != REGION_SIZE:
-            raise ValueError(f"a status board takes {REGION_SIZE} bytes, got {len(region)}")
-        self._w = region.cast("Q")
-        if init:
-            for i in range(len(self._w)):
-                self._w[i] = 0
-            self._w[0] = MAGIC
-        elif self._w[0] != MAGIC:
-            raise CorruptSegment(
-                f"status board magic is {self._w[0]:#x}, expected {MAGIC:#x}: the segment is "
-                f"corrupt; remove it (python -m server clean) to start afresh",
-                field="status.magic",
-                found=self._w[0],
-                expected=MAGIC,
-            )
+        self._w = magic_words(region, REGION_SIZE, MAGIC, "status board", "status.magic", init=init)
         # name -> word index, for the hot counters
         self._counter = {name: _COUNTER_BASE + i for i, name in enumerate(COUNTERS)}
         self._meters: list[WorkerMeter] = []
