@@ -1,6 +1,7 @@
 """Benchmark: the echo app on this server against simpler servers, side by side.
 
     python -m tools.bench_server [--seconds 3] [--clients 2] [--only SCENARIO]
+                                 [--servers A,B] [--rounds N] [--load python|c] [--trace]
 
 Servers, all speaking the same protocol (4-byte big-endian length + payload,
 every frame answered by the same payload):
@@ -19,7 +20,11 @@ processes, each a non-blocking loop that keeps every connection's window
 full and times every request.  Beside each figure the table shows the load
 clients' CPU use in cores: on this 2-core machine, a client near 1.0 core
 competes with the server it measures, so compare ratios between servers,
-never absolute figures.  Every run is bounded in time; only 127.0.0.1.
+never absolute figures.  ``--load c`` drives the servers with one C process
+instead (``tools/loadgen.c``: epoll, every reply checked), which leaves
+them most of the machine.  This VM's speed changes by 2x from one minute to
+the next: ``--rounds N`` lets the servers take turns N times and prints the
+medians and every round's ratio.  Every run is bounded in time; only 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -34,18 +39,20 @@ import resource
 import selectors
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
 from server import SHMFactory
 from server.core.framing import LengthFraming
 from server.proc.common import SPIN_ENV
+from tools import loadgen
 
 _fork = multiprocessing.get_context("fork")
 SCENARIOS = {
@@ -378,11 +385,27 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, of {', '.join(SERVERS)} (default {DEFAULT_SERVERS})",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each server this many times, taking turns; print the medians and "
+        "each round's ratio (default 1)",
+    )
+    parser.add_argument(
+        "--load",
+        choices=("python", "c"),
+        default="python",
+        help="python: --clients load processes (the default); c: one C process, epoll, "
+        "that leaves the server most of the machine (tools/loadgen.c, built with cc)",
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="instead: where one request's round trip goes, hop by hop (tools.trace_hops)",
     )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     if args.trace:
         from tools.trace_hops import report, run
 
@@ -395,39 +418,78 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}"
         )
     scenarios = args.only or list(SCENARIOS)
+    with ExitStack() as stack:
+        if args.load == "c":
+            try:
+                binary = stack.enter_context(loadgen.built())
+            except loadgen.NoCompiler as err:
+                parser.error(str(err))
+            load = f"one C load generator ({loadgen.SOURCE.name})"
+        else:
+            binary = None
+            load = f"{args.clients} Python load client process(es)"
+        print(
+            f"echo servers on 127.0.0.1, {args.seconds:g} s per figure after {WARMUP} s "
+            f"warm-up, {load}, {os.cpu_count()} cores"
+        )
+        _table(names, scenarios, args.seconds, args.clients, binary, args.rounds)
+    return 0
+
+
+def _table(
+    names: list[str],
+    scenarios: list[str],
+    seconds: float,
+    clients: int,
+    binary: str | None,
+    rounds: int,
+) -> None:
     print(
-        f"echo servers on 127.0.0.1, {args.seconds:g} s per figure after {WARMUP} s warm-up, "
-        f"{args.clients} load client process(es), {os.cpu_count()} cores"
-    )
-    print(
-        f"{'scenario':<12} {'server':<10} {'requests/s':>11} {'p50 us':>9} {'p99 us':>9} "
-        f"{'x selectors':>11} {'client cores':>12}"
+        f"{'scenario':<12} {'server':<16} {'requests/s':>11} {'p50 us':>8} {'p99 us':>8} "
+        f"{'x selectors':>11} {'p50 x sel':>9} {'client cores':>12}"
+        + ("  x selectors by round" if rounds > 1 else "")
     )
     for scenario in scenarios:
         conns, inflight, size = SCENARIOS[scenario]
-        rows: dict[str, dict[str, float]] = {}
-        for name in names:
-            with SERVERS[name]() as (port, _pids):
-                rows[name] = run_load(
-                    port, conns, inflight, size, args.seconds, args.clients, f"{scenario} {name}"
-                )
-        base = rows.get("selectors", {}).get("rps")
-        for name, r in rows.items():
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for n in range(rounds):  # the servers take turns, so a noisy minute hits them all
+            for name in names:
+                label = f"{scenario} {name}" + (f" ({n + 1}/{rounds})" if rounds > 1 else "")
+                with SERVERS[name]() as (port, _pids):
+                    if binary is None:
+                        r = run_load(port, conns, inflight, size, seconds, clients, label)
+                    else:
+                        r = loadgen.run(binary, port, conns, inflight, size, WARMUP, seconds)
+                runs[name].append(r)
+        base = runs.get("selectors")
+        for name, results in runs.items():
+            r = _median(results)
             if not r["rps"]:
                 print(
-                    f"{scenario:<12} {name:<10} {'no replies: deadlocked (both pipes full)':>40}"
+                    f"{scenario:<12} {name:<16} {'no replies: deadlocked (both pipes full)':>40}"
                     if name == "pipe"
-                    else f"{scenario:<12} {name:<10} {'no replies':>40}",
+                    else f"{scenario:<12} {name:<16} {'no replies':>40}",
                     flush=True,
                 )
                 continue
-            ratio = f"{r['rps'] / base:.2f}x" if base else "-"
+            ratio = p50_ratio = by_round = "-"
+            if base:
+                ratios = [a["rps"] / b["rps"] for a, b in zip(results, base, strict=True)]
+                ratio = f"{statistics.median(ratios):.2f}x"
+                p50s = [a["p50"] / b["p50"] for a, b in zip(results, base, strict=True)]
+                p50_ratio = f"{statistics.median(p50s):.2f}x"
+                by_round = " ".join(f"{x:.2f}" for x in ratios)
             print(
-                f"{scenario:<12} {name:<10} {r['rps']:>11,.0f} {r['p50']:>9.0f} {r['p99']:>9.0f} "
-                f"{ratio:>11} {r['client_cores']:>12.2f}",
+                f"{scenario:<12} {name:<16} {r['rps']:>11,.0f} {r['p50']:>8.0f} {r['p99']:>8.0f} "
+                f"{ratio:>11} {p50_ratio:>9} {r['client_cores']:>12.2f}"
+                + (f"  {by_round}" if rounds > 1 else ""),
                 flush=True,
             )
-    return 0
+
+
+def _median(results: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
 if __name__ == "__main__":
