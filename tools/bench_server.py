@@ -52,6 +52,7 @@ from typing import Any
 from server import SHMFactory
 from server.core.framing import LengthFraming
 from server.proc.common import SPIN_ENV
+from server.proc.memory import keep_freed_memory
 from tools import loadgen
 
 _fork = multiprocessing.get_context("fork")
@@ -189,10 +190,15 @@ def pipe_server(sock: socket.socket) -> None:
                     to_logic_tx.send((c.fileno(), f))
 
 
+def _tuned(target: Callable[[socket.socket], None], sock: socket.socket) -> None:
+    keep_freed_memory()  # the malloc settings the stepwise workers run with (proc.memory)
+    target(sock)
+
+
 @contextmanager
 def in_process(target: Callable[[socket.socket], None]) -> Iterator[tuple[int, list[int]]]:
     sock = _listen()
-    proc = _fork.Process(target=target, args=(sock,))  # not daemonic: the pipe server forks
+    proc = _fork.Process(target=_tuned, args=(target, sock))  # not daemonic: pipe forks
     proc.start()
     port = sock.getsockname()[1]
     sock.close()

@@ -164,9 +164,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     cfg = ServerConfig.from_json(args.config)
+    from ..proc.memory import keep_freed_memory
     from ..proc.trace import install
 
     install(args.role)  # hop timestamps, only with STCP_TRACE (tools.bench_server --trace)
+    keep_freed_memory()  # large buffers every turn: not a page fault per page (proc.memory)
     if args.role == "connect" and args.listen_fd is None:
         raise ConfigError(
             "the connect worker needs --listen-fd (it is started by `run`, not by hand)",
