@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from server.core.clients import READ, WRITE, Client, ClientTable
+from server.core.clients import HANDOVER_BYTES, HANDOVER_CODES, READ, WRITE, Client, ClientTable
 from server.core.codes import Kind, decode, encode, payloads
 from server.core.config import ServerConfig
 from server.core.conntable import ConnTable, region_size
@@ -176,6 +176,28 @@ def test_a_full_queue_pauses_reading_everywhere_and_loses_nothing() -> None:
         (Kind.MESSAGE, a.conn),
         (Kind.MESSAGE, b.conn),
     ]
+
+
+def test_a_few_codes_or_a_large_one_are_handed_over_before_the_turn_ends() -> None:
+    tb = Table(max_conns=HANDOVER_CODES + 1, queue_bytes=1 << 20, max_frame=HANDOVER_BYTES)
+    clients = [tb.t.open(str(n), 0.0) for n in range(HANDOVER_CODES + 1)]
+    tb.t.push(lambda codes: len(list(codes)))  # the OPENED codes
+    assert not tb.t.handover_due()
+    tb.t.received(clients[0], frames(b"lone"), 0.0)
+    assert not tb.t.handover_due()  # one request waits for the end of the turn, not for others
+    for c in clients[1 : HANDOVER_CODES - 1]:
+        tb.t.received(c, frames(b"x", b"y"), 0.0)
+    tb.t.received(clients[-1], frames(b"half")[:3], 0.0)  # no whole frame: no code
+    assert len(tb.t.inq) == HANDOVER_CODES - 1 and not tb.t.handover_due()
+    tb.t.received(clients[HANDOVER_CODES - 1], frames(b"z"), 0.0)
+    assert tb.t.handover_due()
+    tb.t.push(lambda codes: len(list(codes)))
+    assert not tb.t.handover_due()
+    big = frames(b"b" * (HANDOVER_BYTES - 4))  # one code, as large as a handover
+    tb.t.received(clients[0], big[:100], 0.0)
+    assert not tb.t.handover_due()  # the frame is not whole yet
+    tb.t.received(clients[0], big[100:], 0.0)
+    assert len(tb.t.inq) == 1 and tb.t.handover_due()
 
 
 def test_deliver_send_broadcast_and_close_after_the_output() -> None:

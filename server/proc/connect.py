@@ -11,6 +11,8 @@ socket and the doorbell of the outbound queue.  Each turn::
     3. select: new clients -> table.open, readable -> table.received, writable -> write
     4. push this turn's inbound codes; once a second table.tick (timeouts)
 
+(3 pushes too, whenever a few codes wait: ``table.handover_due``.)
+
 Reads leave bytes in the socket until their frames are queued, and the
 outbound head moves only past codes every client's kernel took
 (``server.proc.sockets``, ``server.proc.replies``), so a restarted connect
@@ -166,6 +168,8 @@ class ConnectProcess(ReplyFlow, ClientSockets):
                         self.flush(c)
                     if mask & selectors.EVENT_READ and table.is_open(c):
                         self.read(c)
+                        if table.handover_due():  # the logic process starts on them now
+                            self.push()
             if table.inq:
                 self.push()
             if self.read_now:
