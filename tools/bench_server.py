@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -459,8 +460,8 @@ def _table(
 ) -> None:
     print(
         f"{'scenario':<12} {'server':<16} {'requests/s':>11} {'p50 us':>8} {'p99 us':>8} "
-        f"{'x selectors':>11} {'p50 x sel':>9} {'client cores':>12}"
-        + ("  x selectors by round" if rounds > 1 else "")
+        f"{'x selectors':>11} {'p50 x sel':>9} {'client cores':>12} {'server cores':>12} "
+        f"{'cpu us/req':>10}" + ("  x selectors by round" if rounds > 1 else "")
     )
     for scenario in scenarios:
         conns, inflight, size = SCENARIOS[scenario]
@@ -468,11 +469,13 @@ def _table(
         for n in range(rounds):  # the servers take turns, so a noisy minute hits them all
             for name in names:
                 label = f"{scenario} {name}" + (f" ({n + 1}/{rounds})" if rounds > 1 else "")
-                with SERVERS[name]() as (port, _pids):
+                with SERVERS[name]() as (port, pids), ServerCpu(pids, seconds) as cpu:
                     if binary is None:
                         r = run_load(port, conns, inflight, size, seconds, clients, label)
                     else:
                         r = loadgen.run(binary, port, conns, inflight, size, WARMUP, seconds)
+                r["server_cores"] = cpu.cores
+                r["cpu_us"] = cpu.cores * 1e6 / r["rps"] if r["rps"] else float("nan")
                 runs[name].append(r)
         base = runs.get("selectors")
         for name, results in runs.items():
@@ -494,10 +497,64 @@ def _table(
                 by_round = " ".join(f"{x:.2f}" for x in ratios)
             print(
                 f"{scenario:<12} {name:<16} {r['rps']:>11,.0f} {r['p50']:>8.0f} {r['p99']:>8.0f} "
-                f"{ratio:>11} {p50_ratio:>9} {r['client_cores']:>12.2f}"
+                f"{ratio:>11} {p50_ratio:>9} {r['client_cores']:>12.2f} "
+                f"{r['server_cores']:>12.2f} {r['cpu_us']:>10.2f}"
                 + (f"  {by_round}" if rounds > 1 else ""),
                 flush=True,
             )
+
+
+class ServerCpu:
+    """The CPU time a server's processes (the given ones and their children)
+    use while a load is measured: sampled WARMUP seconds after the load
+    starts and ``seconds`` later, from /proc.  CPU per request does not
+    depend on how the scheduler happened to place the processes, so it
+    shows a change in the work done per request where requests/s is noisy."""
+
+    def __init__(self, pids: list[int], seconds: float) -> None:
+        self.pids, self.seconds = pids, seconds
+        self.samples: list[float] = []
+        self.timers: list[threading.Timer] = []
+        self.cores = float("nan")
+
+    def __enter__(self) -> ServerCpu:
+        for delay in (WARMUP, WARMUP + self.seconds):
+            t = threading.Timer(delay, self._sample)
+            t.daemon = True
+            t.start()
+            self.timers.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for t in self.timers:
+            t.cancel()
+        if len(self.samples) == 2:
+            self.cores = (self.samples[1] - self.samples[0]) / self.seconds
+
+    def _sample(self) -> None:
+        self.samples.append(sum(_cpu_seconds(pid) for pid in _tree(self.pids)))
+
+
+def _tree(pids: list[int]) -> list[int]:
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _median(results: list[dict[str, float]]) -> dict[str, float]:
