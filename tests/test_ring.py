@@ -109,6 +109,38 @@ def test_batches_respect_their_limits() -> None:
     assert got == codes[:pushed]
 
 
+@pytest.mark.parametrize("capacity", [17, 64, 333])
+def test_peek_views_give_what_peek_many_gives_at_every_offset(capacity: int) -> None:
+    """Views where a code lies in one piece, bytes where it wraps; the same
+    codes, limits and end position as ``peek_many``, from any start."""
+    for start in range(capacity):
+        ring = ring_at(capacity, start + 5 * capacity)
+        codes = [code_for(i, i % 7) for i in range(capacity // 6)]
+        n = ring.push_many(codes)
+        for limits in ((1 << 30, 1 << 20), (3, 1 << 20), (1 << 30, 9)):
+            views, end = ring.peek_views(*limits)
+            assert ([bytes(v) for v in views], end) == ring.peek_many(*limits)
+        first, after_two = ring.peek_many(2)
+        views, end = ring.peek_views(start=after_two)
+        assert [bytes(v) for v in views] == codes[2:n] and end == ring.tail
+        views, _ = ring.peek_views()
+        assert sum(isinstance(v, memoryview) for v in views) >= n - 1  # at most one wraps
+        with pytest.raises(CorruptQueue, match="peek position"):
+            ring.peek_views(start=ring.tail + 1)
+
+
+@pytest.mark.parametrize("length", [6, 100, 2**32 - 1])
+def test_peek_views_check_every_record_length(length: int) -> None:
+    buf, ring = make(3333)
+    for word in (b"hello", b"world", b"again"):
+        ring.push(word)
+    second = CONTROL_SIZE + RECORD_HEADER + 5
+    buf[second : second + 4] = length.to_bytes(4, "little")  # the second record's length
+    # past the tail, or (6) within it, when the record after it does not chain
+    with pytest.raises(CorruptQueue, match="record length"):
+        ring.peek_views()
+
+
 def test_randomised_against_a_model() -> None:
     rnd = random.Random(1234)
     for capacity in (9, 64, 333, 3333):

@@ -51,7 +51,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from ..errors import FrameTooLarge
 from .client import Client, Counters
@@ -244,15 +244,16 @@ class ClientTable(Succession):
         return True
 
     # -- outbound: codes -> bytes -------------------------------------------------------------
-    def deliver(self, codes: list[bytes], unborn: frozenset[int] = frozenset()) -> list[Client]:
-        """Append the replies of outbound ``codes`` to their clients' output;
-        returns the clients that have something new to write (or to close).
-        A code for a connection that is gone is dropped and counted.
-
-        After a crash codes are delivered again (``server.core.streams``):
-        the connections in ``unborn`` are not to get these codes (they had
-        them), and a client's ``skip_out`` bytes are dropped (its kernel
-        took them)."""
+    def deliver(
+        self, codes: Sequence[bytes | memoryview], unborn: frozenset[int] = frozenset()
+    ) -> list[Client]:
+        """Append the replies of outbound ``codes`` (bytes, or views of the queue:
+        none is kept) to their clients' output; returns the clients with
+        something new to write (or to close).  A code for a gone connection is
+        dropped and counted.  After a crash codes are delivered again
+        (``server.core.streams``): the connections in ``unborn`` are not to
+        get these codes (they had them), and a client's ``skip_out`` bytes
+        are dropped (its kernel took them)."""
         clients = self.clients
         if unborn:
             clients = {conn: c for conn, c in clients.items() if conn not in unborn}
@@ -280,7 +281,8 @@ class ClientTable(Succession):
                 if c is None:
                     dropped += conn not in unborn
                     continue
-                c.closing = code[HEADER_SIZE:].decode(errors="replace") or "closed by the app"
+                reason = bytes(code[HEADER_SIZE:]).decode(errors="replace")
+                c.closing = reason or "closed by the app"
                 dirty[conn] = c
             else:
                 log.error("skipping an outbound code of unknown kind %d (corrupt queue?)", kind)
@@ -385,9 +387,7 @@ class ClientTable(Succession):
     def close_all(self, reason: str) -> None:
         for c in list(self.clients.values()):
             if c.out:
-                log.warning(
-                    "connection %#x: %d reply bytes could not be written", c.conn, len(c.out)
-                )
+                log.warning("connection %#x: %d reply bytes were not written", c.conn, len(c.out))
             self.close(c, reason)
 
     def warn_unsent(self) -> None:

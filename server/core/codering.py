@@ -288,6 +288,44 @@ class CodeRing(RingRegion):
             taken += RECORD_HEADER + n
         return out, pos
 
+    def peek_views(
+        self, max_codes: int = 1 << 30, max_bytes: int = 1 << 20, start: int | None = None
+    ) -> tuple[list[bytes | memoryview], int]:
+        """Like ``peek_many``, without the copy: a code that lies in one piece
+        comes as a view of the ring (one that wraps around its end, as
+        bytes).  A view is valid only until the head passes it, so this is
+        for a consumer that copies what it keeps before it commits (the
+        connect process appends each reply to a client's output).  Every
+        record length is checked as ``peek_many`` checks it."""
+        head, tail, used = self._used()
+        if start is not None:
+            if not head <= start <= tail:
+                raise self._corrupt("peek position", start, f"{head}..{tail}")
+            head = start
+        data, cap, unpack = self._data, self.capacity, _unpack_len
+        out: list[bytes | memoryview] = []
+        append = out.append
+        pos = head
+        taken = 0
+        while pos < tail and len(out) < max_codes:
+            at = pos % cap
+            if at + RECORD_HEADER <= cap and tail - pos >= RECORD_HEADER:
+                n = unpack(data, at)[0]
+                if n > tail - pos - RECORD_HEADER:
+                    self._read_len(pos, tail - pos)  # raises with the details
+            else:
+                n = self._read_len(pos, tail - pos)
+            if out and taken + RECORD_HEADER + n > max_bytes:
+                break
+            body = at + RECORD_HEADER
+            if body + n <= cap:
+                append(data[body : body + n])
+            else:
+                append(self._read(pos + RECORD_HEADER, n))
+            pos += RECORD_HEADER + n
+            taken += RECORD_HEADER + n
+        return out, pos
+
     def commit_head(self, new_head: int, count: int) -> None:
         """Consume ``count`` codes ending at ``new_head`` (from ``peek_many``)."""
         head, tail, used = self._used()

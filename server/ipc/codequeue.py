@@ -94,6 +94,7 @@ class CodeQueue(InSegment):
         self.peek = self._ring.peek
         self.pop_many = self._ring.pop_many
         self.peek_many = self._ring.peek_many
+        self.peek_views = self._ring.peek_views
         self.commit_head = self._ring.commit_head
         self.empty = self._ring.empty
         self.room = self._ring.room
