@@ -123,6 +123,21 @@ def test_the_replies_to_one_request_are_capped_at_the_queue() -> None:
     assert codes == [encode(Kind.SEND, 1, b"a" * 70 + b"b" * 10)] and size == 93
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_a_reply_is_framed_as_it_was_sent_even_if_the_app_changes_its_buffer(kind: type) -> None:
+    framing = LengthFraming()
+    outbox = Outbox(10_000, framing.encode, framing.header_of)
+    conn = Conn(1, "peer", outbox)
+    buf = bytearray(b"first")
+    conn.send(kind(buf))
+    conn.send(b"")  # an empty frame is a header alone
+    conn.send(kind(b"third"))
+    buf[:] = b"XXXXX"  # after send: the reply must not change (a bytearray, a view of it)
+    codes, size = outbox.take()
+    wire_ = framing.encode(b"first") + framing.encode(b"") + framing.encode(b"third")
+    assert codes == [encode(Kind.SEND, 1, wire_)] and size == len(codes[0]) + 4
+
+
 def test_app_errors_are_counted_and_the_rest_goes_on() -> None:
     class Flaky:
         def on_message(self, conn, payload):  # type: ignore[no-untyped-def]

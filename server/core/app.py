@@ -52,9 +52,16 @@ class Outbox:
     into one SEND code: the connect process appends them to the client's
     output buffer in one piece.  ``take()`` hands the codes over."""
 
-    def __init__(self, limit: int, encode_frame: Callable[[bytes], bytes] = _as_is) -> None:
+    def __init__(
+        self,
+        limit: int,
+        encode_frame: Callable[[bytes], bytes] = _as_is,
+        frame_header: Callable[[int], bytes] | None = None,
+    ) -> None:
         self.limit = limit  # bytes of queue the replies of a step may take
         self.encode_frame = encode_frame
+        # a frame is this header then the payload (the length framing): see Conn.send
+        self.frame_header = frame_header
         self.codes: list[bytes] = []
         self.size = 0  # bytes in the queue, record headers included
         self.last: Conn | None = None  # whose SEND code is being built in parts
@@ -129,21 +136,27 @@ class Conn:
         self._send_prefix = encode(Kind.SEND, conn)
 
     def send(self, data: bytes) -> None:
-        # The hot path, flat: once per reply.
+        # The hot path, flat: once per reply.  A length frame goes in as its
+        # header and the payload itself (bytes do not change), so the payload
+        # is copied once, when the code is joined, not framed first.
         out = self._outbox
-        frame = out.encode_frame(data)
+        header = out.frame_header
+        if header is not None and type(data) is bytes:
+            head, body = header(len(data)), data
+        else:
+            head, body = out.encode_frame(data), b""
         if out.last is self:  # joins the SEND code being built
-            need = len(frame)
+            need = len(head) + len(body)
             if out.size + need > out.limit:
                 out._check(need)
-            out.parts.append(frame)
+            out.parts += (head, body)
         else:
-            need = len(frame) + _SEND_OVERHEAD
+            need = len(head) + len(body) + _SEND_OVERHEAD
             if out.size + need > out.limit:
                 out._check(need)
             out._finish()
             out.last = self
-            out.parts = [self._send_prefix, frame]
+            out.parts = [self._send_prefix, head, body]
         out.size += need
 
     def broadcast(self, data: bytes, include_self: bool = False) -> None:

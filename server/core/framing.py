@@ -24,6 +24,8 @@ payloads, for code that wants frames one by one (the tutorial, the tests).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..errors import ConfigError, FrameTooLarge
 from .codes import FRAME_HEADER, pack_frame_header, payloads, unpack_frame_header
 
@@ -37,6 +39,9 @@ class _Framer:
     frame, and ``feed``."""
 
     name = ""
+    # When a frame is a header then the payload as it is: the header of a
+    # payload of n bytes (``server.core.app.Conn.send`` then skips the copy).
+    header_of: Callable[[int], bytes] | None = None
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if not 0 <= max_frame < 1 << 32:
@@ -76,6 +81,7 @@ class _Framer:
 
 class LengthFraming(_Framer):
     name = "length"
+    header_of = staticmethod(pack_frame_header)  # a frame is this, then the payload
 
     def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
         if self._buf:

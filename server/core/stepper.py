@@ -91,7 +91,9 @@ class LogicStepper:
         self.outbound = outbound
         self.journal = journal
         framing = framing or LengthFraming()
-        self.outbox = Outbox(limit=outbound.capacity, encode_frame=framing.encode)
+        self.outbox = Outbox(
+            limit=outbound.capacity, encode_frame=framing.encode, frame_header=framing.header_of
+        )
         self.meter = meter
         self.clock = clock or (lambda: 0.0)
         self.setaside = setaside  # where set-aside requests are kept for inspect

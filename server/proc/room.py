@@ -81,7 +81,11 @@ class Room:
         self.sends = 0
         self.stalled = False  # a queue of the room was full: said once
         self.after_send = crash_after_step(int(os.environ.get(SEND_CRASH_ENV) or 0))
-        outbox = Outbox(limit=seg.outbound.ring.capacity, encode_frame=framing.encode)
+        outbox = Outbox(
+            limit=seg.outbound.ring.capacity,
+            encode_frame=framing.encode,
+            frame_header=framing.header_of,
+        )
         self.bridge = BridgeStep(
             self.inbox,
             seg.outbound.ring,
