@@ -79,6 +79,32 @@ def test_frames_become_message_codes_in_any_pieces(bytewise: bool) -> None:
     assert c.framing.buffered == 0 and tb.closed == []
 
 
+@pytest.mark.parametrize("framing", ["length", "line"])
+def test_reads_into_one_reused_buffer_give_codes_of_their_own(framing: str) -> None:
+    """The shell reads every socket into one buffer and hands the table a
+    view of it: each code must hold its own bytes before the next read."""
+    tb = Table(framing=framing)
+    c = tb.t.open("p", 0.0)
+    assert c is not None
+    tb.codes()
+    sent = [bytes([65 + i]) * 90 for i in range(40)]  # cut into several codes (max_wire 1024)
+    if framing == "length":
+        wire = frames(*sent)
+    else:
+        wire = b"".join(line + b"\n" for line in sent)
+    scratch = bytearray(len(wire))
+    view = memoryview(scratch)
+    items = []
+    for at, size in ((0, 91), (91, 2000), (2091, len(wire) - 2091)):  # one, many, the rest
+        scratch[:size] = wire[at : at + size]
+        tb.t.received(c, view[:size], 0.0)
+        items += tb.t.inq
+        tb.t.inq = []
+        scratch[:] = bytes(len(scratch))  # the next read overwrites the buffer
+    assert all(isinstance(code, bytes) for code, _c, _end in items)
+    assert [p for code, _c, _end in items for p in payloads(decode(code).body)] == sent
+
+
 def test_line_framing_gives_the_same_codes() -> None:
     tb = Table(framing="line")
     c = tb.t.open("p", 0.0)

@@ -58,7 +58,7 @@ from .client import Client, Counters
 from .codes import HEADER_SIZE, Kind, encode, head_of
 from .config import ServerConfig
 from .conntable import ConnTable
-from .framing import make_framing
+from .framing import Chunk, make_framing
 from .inflow import Item, fitting, read_items
 from .streams import INBOUND, StreamLedger
 from .succession import Succession
@@ -144,7 +144,7 @@ class ClientTable(Succession):
         return self.clients.get(c.conn) is c
 
     # -- inbound: bytes -> codes ------------------------------------------------------------
-    def received(self, c: Client, data: bytes, now: float) -> None:
+    def received(self, c: Client, data: Chunk, now: float) -> None:
         """What one read returned (``b""``: the client closed its side).
         The bytes stay in the socket until their codes are queued (see
         ``push``): ``c.received`` counts what was seen."""

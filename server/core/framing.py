@@ -31,6 +31,7 @@ from .codes import FRAME_HEADER, pack_frame_header, payloads, unpack_frame_heade
 
 DEFAULT_MAX_FRAME = 64 * 1024
 NO_LIMIT = 1 << 62
+Chunk = bytes | memoryview  # what a read gives: bytes, or a view of the reader's buffer
 _unpack_length = unpack_frame_header  # the length framing's header is a frame record's
 
 
@@ -50,10 +51,12 @@ class _Framer:
         self._buf = bytearray()  # an incomplete frame; grows by appending (no re-copy)
         self._need = 0  # bytes the incomplete frame needs in all, when known
 
-    def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
+    def take(self, data: Chunk, limit: int = NO_LIMIT) -> list[Chunk]:
         """The frames ``data`` completes, as MESSAGE bodies of at most
         ``limit`` bytes each (a single larger frame stays whole).  Raises
-        ``FrameTooLarge``."""
+        ``FrameTooLarge``.  ``data`` may be a view of a buffer the caller
+        reuses: a body may then be a view of it too, to be copied (into
+        its code) before the buffer is read into again."""
         raise NotImplementedError
 
     def encode(self, payload: bytes) -> bytes:
@@ -61,7 +64,7 @@ class _Framer:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The payloads of the frames ``data`` completes.  Raises ``FrameTooLarge``."""
-        return [p for body in self.take(data) for p in payloads(body)]
+        return [p for body in self.take(data) for p in payloads(bytes(body))]  # bytes in: no copy
 
     @property
     def buffered(self) -> int:
@@ -83,17 +86,18 @@ class LengthFraming(_Framer):
     name = "length"
     header_of = staticmethod(pack_frame_header)  # a frame is this, then the payload
 
-    def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
+    def take(self, data: Chunk, limit: int = NO_LIMIT) -> list[Chunk]:
+        buf: Chunk
         if self._buf:
             if len(self._buf) + len(data) < self._need:  # still incomplete: append only
                 self._buf += data
                 return []
             buf = bytes(self._buf) + data
         else:
-            buf = bytes(data)
+            buf = data  # bytes or the caller's view: bodies are slices of it, not copies
         unpack = _unpack_length
         most = self.max_frame
-        bodies: list[bytes] = []
+        bodies: list[Chunk] = []
         start = i = 0
         end = len(buf)
         while end - i >= FRAME_HEADER:
@@ -136,7 +140,8 @@ class LengthFraming(_Framer):
 class LineFraming(_Framer):
     name = "line"
 
-    def take(self, data: bytes, limit: int = NO_LIMIT) -> list[bytes]:
+    def take(self, data: Chunk, limit: int = NO_LIMIT) -> list[Chunk]:
+        data = bytes(data)  # searched for newlines and split: bytes (a no-op for bytes)
         most = self.max_frame
         if self._buf and b"\n" not in data:  # still no end of line: append only
             self._buf += data
@@ -157,7 +162,7 @@ class LineFraming(_Framer):
         self._buf = bytearray(rest)
         if last < 0:
             return []
-        bodies: list[bytes] = []
+        bodies: list[Chunk] = []
         parts: list[bytes] = []
         size = 0
         for line in buf[:last].split(b"\n"):

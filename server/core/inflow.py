@@ -28,7 +28,9 @@ from .ring import RECORD_HEADER
 Item = tuple[bytes, Any, int]  # (code, Client | None, end)
 
 
-def read_items(c: Any, bodies: list[bytes], end: int, *, exact: bool) -> list[Item]:
+def read_items(
+    c: Any, bodies: Sequence[bytes | memoryview], end: int, *, exact: bool
+) -> list[Item]:
     """The items of one read of ``c`` that made several codes, the last
     ending at stream offset ``end``.  ``exact``: the bodies are the wire
     bytes themselves (the length framing), so every code's end is known;

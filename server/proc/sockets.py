@@ -105,12 +105,12 @@ class ClientSockets:
         buf = self.scratch  # recv(256 KiB) would allocate that much per call
         try:
             if self.peek_off:
-                data = bytes(buf[: c.handle.recv_into(buf, self.recv_size, socket.MSG_PEEK)])
+                data = buf[: c.handle.recv_into(buf, self.recv_size, socket.MSG_PEEK)]
             else:
                 n = c.handle.recv_into(buf, seen + self.recv_size, socket.MSG_PEEK)
                 if n and n == seen:
                     raise BlockingIOError  # nothing new: see below
-                data = bytes(buf[seen:n])
+                data = buf[seen:n]
         except BlockingIOError:
             if seen:  # readable below its low-water mark: the kernel's window is full
                 self.take_out(c, c.received)  # so take them out (not exact until queued)
@@ -121,7 +121,7 @@ class ClientSockets:
         except OSError as err:
             self.table.close(c, f"receive failed: {err.strerror or err}")
             return
-        self.table.received(c, data, self.now)
+        self.table.received(c, data, self.now)  # a view of scratch: made into codes at once
         self.read_now.append(c)
 
     def consume(self) -> None:
