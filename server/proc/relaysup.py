@@ -55,6 +55,7 @@ from .common import (
     signal_name,
     signals_wake,
 )
+from .memory import keep_freed_memory
 from .relay import Relay, bind_relay
 from .workers import exit_reason, frozen
 
@@ -259,6 +260,7 @@ def run_relay(
     if listen_fd is None:
         return RelaySupervisor(config, host, hang_timeout).run()
     enable_stack_dumps()
+    keep_freed_memory()  # batches of 256 KiB every turn (server.proc.memory)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     shm, status, links = open_board(config, host, owner=False)
     heartbeat = Heartbeat(status.meter(Role.RELAY)).start()
