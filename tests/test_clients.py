@@ -88,10 +88,7 @@ def test_reads_into_one_reused_buffer_give_codes_of_their_own(framing: str) -> N
     assert c is not None
     tb.codes()
     sent = [bytes([65 + i]) * 90 for i in range(40)]  # cut into several codes (max_wire 1024)
-    if framing == "length":
-        wire = frames(*sent)
-    else:
-        wire = b"".join(line + b"\n" for line in sent)
+    wire = frames(*sent) if framing == "length" else b"".join(line + b"\n" for line in sent)
     scratch = bytearray(len(wire))
     view = memoryview(scratch)
     items = []
