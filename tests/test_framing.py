@@ -111,6 +111,18 @@ def test_payloads_refuse_torn_records() -> None:
         payloads(b"\0\0\0\1a\0\0")
 
 
+def test_payloads_read_from_an_offset_as_from_a_copy() -> None:
+    head = b"H" * 9  # a code's header, which payloads skips
+    for body in (b"", b"\0\0\0\2ab\0\0\0\0", b"\0\0\0\3xyz"):
+        assert payloads(head + body, len(head)) == payloads(body)
+    for torn, where in ((b"\0\0\0\5abc", "a frame at 0 of"), (b"\0\0\0\1a\0\0", "2 stray")):
+        with pytest.raises(BadCode, match=where) as err:
+            payloads(head + torn, len(head))
+        with pytest.raises(BadCode) as same:
+            payloads(torn)
+        assert str(err.value) == str(same.value)  # positions counted from the body
+
+
 @pytest.mark.parametrize("cls", [LengthFraming, LineFraming])
 @pytest.mark.parametrize("bytewise", [False, True])
 def test_take_cuts_bodies_between_frames(cls, bytewise: bool) -> None:  # type: ignore[no-untyped-def]

@@ -197,7 +197,7 @@ class Dispatcher:
         kind, _ = head_of(raw) if len(raw) >= CODE_HEADER else (0, 0)
         if kind == _MESSAGE:
             try:
-                return [len(p) for p in payloads(raw[CODE_HEADER:])] or [0]
+                return [len(p) for p in payloads(raw, CODE_HEADER)] or [0]
             except BadCode:
                 pass
         return [0]
@@ -208,7 +208,7 @@ class Dispatcher:
         kind, _ = head_of(raw) if len(raw) >= CODE_HEADER else (0, 0)
         if kind == _MESSAGE:
             try:
-                return payloads(raw[CODE_HEADER:])[k]
+                return payloads(raw, CODE_HEADER)[k]
             except (BadCode, IndexError):
                 return b""
         return raw[CODE_HEADER:]
@@ -222,7 +222,7 @@ class Dispatcher:
             if c is None:
                 c = self._conn(conn)
             try:
-                frames = payloads(raw[CODE_HEADER:])
+                frames = payloads(raw, CODE_HEADER)
             except BadCode as err:
                 self.errors += 1
                 log.error("skipping a bad MESSAGE code from connection %#x: %s", conn, err)

@@ -101,13 +101,15 @@ def decode(code: bytes) -> Code:
     return Code(k, conn, code[HEADER_SIZE:])
 
 
-def payloads(body: bytes) -> list[bytes]:
-    """The payloads of a MESSAGE body.  Raises ``BadCode`` unless the frame
-    records chain exactly to the end of the body."""
+def payloads(body: bytes, start: int = 0) -> list[bytes]:
+    """The payloads of a MESSAGE body (the bytes of ``body`` from ``start``:
+    a whole code and ``HEADER_SIZE`` read them without copying the body
+    first).  Raises ``BadCode`` unless the frame records chain exactly to
+    the end."""
     out: list[bytes] = []
     append = out.append
     unpack = unpack_frame_header
-    i = 0
+    i = start
     end = len(body)
     while i < end:
         if end - i < FRAME_HEADER:
@@ -120,10 +122,10 @@ def payloads(body: bytes) -> list[bytes]:
         j = i + FRAME_HEADER + unpack(body, i)[0]
         if j > end:
             raise BadCode(
-                f"a frame at {i} of a MESSAGE code runs {j - end} bytes past its end",
+                f"a frame at {i - start} of a MESSAGE code runs {j - end} bytes past its end",
                 field="message body",
-                found=j,
-                expected=f"<= {end}",
+                found=j - start,
+                expected=f"<= {end - start}",
             )
         append(body[i + FRAME_HEADER : j])
         i = j
