@@ -11,7 +11,9 @@ out, *then* publishes the new head; each publishing store is one aligned
 Batches (``push_many``, ``pop_many``, ``peek_many`` + ``commit_head``) are
 where Python gets its speed: the per-record cost is interpreter overhead,
 not copying, so one counter update and one copy per batch is the point.
-Codes of ``_DIRECT`` bytes or more are copied one by one instead of joined.
+Codes of ``_DIRECT`` bytes or more are copied one by one instead of joined;
+``peek_views`` copies none (views of the ring, for a consumer that copies
+right away).
 """
 
 from __future__ import annotations
