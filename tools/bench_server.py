@@ -116,6 +116,11 @@ def selectors_server(sock: socket.socket) -> None:
                     n = s.send(buf)
                 except BlockingIOError:
                     n = 0
+                except ConnectionError:  # the load client is gone: the measurement ended
+                    sel.unregister(s)
+                    s.close()
+                    del out[s], framers[s]
+                    continue
                 del buf[:n]
             want = selectors.EVENT_READ | (selectors.EVENT_WRITE if buf else 0)
             if key.events != want:
