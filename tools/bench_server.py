@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import multiprocessing
 import os
 import random
@@ -232,6 +233,7 @@ def _stepwise(key: int, log: Any, spin: bool = True) -> Iterator[tuple[int, list
         text=True,
         env=dict(os.environ, **({} if spin else {SPIN_ENV: "0"})),
     )
+    tree: list[int] = []
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -239,14 +241,21 @@ def _stepwise(key: int, log: Any, spin: bool = True) -> Iterator[tuple[int, list
             log.seek(0)
             raise RuntimeError(f"the server did not start:\n{log.read().decode(errors='replace')}")
         time.sleep(0.5)  # let the workers attach
+        tree = _tree([proc.pid])
         yield int(line.rsplit(":", 1)[1]), [proc.pid]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
+            log.seek(0)
+            tail = log.read().decode(errors="replace").splitlines()[-5:]
+            print("the server did not stop in 20 s; killing it. Its log ends:", *tail, sep="\n  ")
             proc.kill()
             proc.wait()
+            for pid in tree[1:]:  # workers outlive a killed supervisor (to be adopted): not here
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         SHMFactory.remove(key)
 
 
