@@ -175,10 +175,8 @@ class ClientTable(Succession):
             self.inq += read_items(c, bodies, end, exact=framing.name == "length")
 
     def handover_due(self) -> bool:
-        """Push this turn's codes now, before reading the next client?  Once a
-        few codes (or a large one) wait: the logic process then works while
-        the shell reads on, not in turns with one large batch each.  Fewer
-        go at the end of the turn: a lone request never waits for a batch."""
+        """Push now, before reading on?  Once a few codes (or a large one) wait, so
+        that logic works meanwhile; fewer wait for the turn's end, never for a batch."""
         return len(self.inq) >= HANDOVER_CODES or self.inq_bytes >= HANDOVER_BYTES
 
     def push(
@@ -188,16 +186,19 @@ class ClientTable(Succession):
         tail: int = 0,
         capacity: int = 0,
     ) -> bool:
-        """Offer the backlog, then this turn's codes, to the inbound queue (``push_many``
-        returns how many it took, in order; ``room``: its free bytes, ``tail``: its tail, when
-        the stream ledger is kept). What does not fit waits in the backlog and reading pauses
-        until it is gone. Each client's count in the ledger is committed first, for the tail
-        the push will publish; ``pushed`` collects the offsets the shell may now take out of
-        the sockets. (A read whose codes cannot be cut and do not fit even in the empty queue,
-        ``capacity`` bytes, is pushed in parts: its client's offset goes to ``pushed`` as -1,
-        take everything seen out of the socket; its stream is not exact across a crash until
-        its frames are all queued.) Returns True when reading paused or resumed: the shell then
-        asks ``interest`` again for every client, and for the listener."""
+        """Offer the backlog, then this turn's codes, to the inbound queue
+        (``push_many`` returns how many it took, in order; ``room``: its
+        free bytes, ``tail``: its tail, when the stream ledger is kept).
+        What does not fit waits in the backlog and reading pauses until it
+        is gone.  Each client's count in the ledger is committed first, for
+        the tail the push will publish; ``pushed`` collects the offsets the
+        shell may now take out of the sockets.  (A read whose codes cannot
+        be cut and do not fit even in the empty queue, ``capacity`` bytes,
+        is pushed in parts: its client's offset goes to ``pushed`` as -1,
+        take everything seen out of the socket; its stream is not exact
+        across a crash until its frames are all queued.)  Returns True when reading
+        paused or resumed: the shell then asks ``interest`` again for every
+        client, and for the listener."""
         backlog = self.backlog
         if self.inq:
             backlog.extend(self.inq)
@@ -244,9 +245,7 @@ class ClientTable(Succession):
         return True
 
     # -- outbound: codes -> bytes -------------------------------------------------------------
-    def deliver(
-        self, codes: Sequence[bytes | memoryview], unborn: frozenset[int] = frozenset()
-    ) -> list[Client]:
+    def deliver(self, codes: Sequence[Chunk], unborn: frozenset[int] = frozenset()) -> list[Client]:
         """Append the replies of outbound ``codes`` (bytes, or views of the queue:
         none is kept) to their clients' output; returns the clients with
         something new to write (or to close).  A code for a gone connection is

@@ -31,7 +31,7 @@ from .codes import FRAME_HEADER, pack_frame_header, payloads, unpack_frame_heade
 
 DEFAULT_MAX_FRAME = 64 * 1024
 NO_LIMIT = 1 << 62
-Chunk = bytes | memoryview  # what a read gives: bytes, or a view of the reader's buffer
+Chunk = bytes | memoryview  # bytes, or a view of a buffer that its owner reuses
 _unpack_length = unpack_frame_header  # the length framing's header is a frame record's
 
 
