@@ -6,16 +6,21 @@ is built on this; nothing here decides anything about a client.
 Reading leaves the bytes in the socket (``MSG_PEEK``, from the socket's
 ``SO_PEEK_OFF``, so each byte is seen once); ``consume`` takes them out
 once their frames are queued (``MSG_TRUNC``: discarded, not copied), so a
-``kill -9`` between the two loses nothing (``server.core.streams``).  The
-bytes of an incomplete frame stay unread, so ``SO_RCVLOWAT`` is set to
-where the frame ends (a line: one byte more): the socket is readable again
-when that arrives, not at every turn.  A frame that does not fit is
-taken out as it comes, as before, and that connection is then not exact
-across a crash until the frame is queued: one past ``peek_window`` (or,
-on a kernel without ``SO_PEEK_OFF`` for TCP, before Linux 6.10, past
-``SMALL_PEEK``), or one the kernel's receive window cannot hold (it then
-reports the socket readable below the mark: the client cannot send more
-until something is read).
+``kill -9`` between the two loses nothing (``server.core.streams``).  It
+does so once a socket holds ``DEFER_BYTES`` of queued frames, not after
+every read (that second call per read was the connect process's largest
+cost beyond a plain server's), and once a second, and before a close; the
+sockets are edge-triggered (``server.proc.poller``), so old bytes do not
+make them readable.  The bytes of an incomplete frame stay unread, so
+``SO_RCVLOWAT`` is set to where the frame ends (a line: one byte more):
+the socket is readable again when that arrives, not at every segment.  A
+frame that does not fit is taken out as it comes, as before, and that
+connection is then not exact across a crash until the frame is queued:
+one past ``peek_window`` (or, on a kernel without ``SO_PEEK_OFF`` for TCP,
+before Linux 6.10, past ``SMALL_PEEK``; queued frames are then taken out
+at once, as each peek copies them again), or one the kernel's receive
+window cannot hold (it then reports the socket readable below the mark:
+the client cannot send more until something is read).
 """
 
 from __future__ import annotations
