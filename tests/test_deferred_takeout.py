@@ -15,7 +15,9 @@ import signal
 import socket
 import time
 
+import pytest
 from helpers.server import EchoClient, ServerProc, frame
+from test_keep_connections import chaos
 
 
 def server_unread(port: int, client: socket.socket) -> int:
@@ -108,3 +110,19 @@ def test_a_stop_closes_a_socket_with_bytes_left_in_it_and_does_not_reset_it(  # 
             break
     assert server.stop() == 0
     assert c.recv() is None  # an orderly end: a reset raises ConnectionResetError
+
+
+def test_without_peek_offsets_frames_leave_at_once_and_connect_kills_lose_nothing(  # type: ignore[no-untyped-def]
+    start_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a kernel before Linux 6.10 (no ``SO_PEEK_OFF`` for TCP): each
+    peek copies the unread bytes again, so queued frames are taken out at once."""
+    monkeypatch.setenv("STCP_NO_PEEK_OFF", "1")
+    server: ServerProc = start_server()
+    c = EchoClient(server.port)
+    for n in range(20):
+        assert c.request(b"%d" % n) == b"%d" % n
+        assert server_unread(server.port, c.sock) == 0
+    c.close()
+    report = chaos("connect", 5, "0.3-0.8")  # its servers inherit the variable
+    assert report["restarts"] == 5 and report["client_disconnects"] == 0, report

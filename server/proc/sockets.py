@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import socket
 import struct
 import termios
@@ -46,6 +47,7 @@ log = logging.getLogger("server.connect")
 RECV_SIZE = 256 * 1024
 ACCEPTS_PER_TURN = 64
 SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)  # Linux's number; Python 3.11 lacks it
+NO_PEEK_OFF_ENV = "STCP_NO_PEEK_OFF"  # "1": do as on a kernel without it (tests that path)
 PEEK_WINDOW = 1 << 20  # at most this many bytes of a client wait unread in its socket
 LINE_PEEK = 32 * 1024  # the same for a line, whose length is not known before its end
 SMALL_PEEK = 4096  # the same without SO_PEEK_OFF (each peek then copies them again)
@@ -66,6 +68,8 @@ def send_queue(c: Client) -> int:
 def peek_from_offset(sock: socket.socket) -> bool:
     """Make MSG_PEEK on ``sock`` return only bytes not peeked at before;
     False if this kernel cannot (TCP learned SO_PEEK_OFF in Linux 6.10)."""
+    if os.environ.get(NO_PEEK_OFF_ENV) == "1":
+        return False
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
     except OSError:
