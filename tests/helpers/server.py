@@ -108,27 +108,32 @@ class ServerProc:
         return code
 
     def kill_all(self) -> None:
-        """SIGKILL the supervisor and every worker it ever reported, and any
-        worker of this key it did not (one restarted a moment ago)."""
+        """SIGKILL the supervisor, then every worker of this key, until none
+        is left.  The supervisor goes first and alone: killed after a worker,
+        it could start a new one in between, not yet named by its command
+        line, and leave it behind."""
         with contextlib.suppress(Exception):
             self.info()
-        self.pids |= workers_of(self.key)
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
             with contextlib.suppress(Exception):
                 self.proc.wait(5)
             if self.proc.stdout:
                 self.proc.stdout.close()
         deadline = time.monotonic() + 5
-        for pid in self.pids:  # workers are not our children: wait until they are gone
-            while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # workers are not our children: wait until gone
+            alive = set()
+            for pid in self.pids | workers_of(self.key):
                 try:
-                    os.kill(pid, 0)
+                    os.kill(pid, signal.SIGKILL)
+                    alive.add(pid)
                 except ProcessLookupError:
-                    break
-                time.sleep(0.02)
+                    continue
+            self.pids = alive
+            if not alive:
+                break
+            time.sleep(0.02)
 
 
 def workers_of(key: int) -> set[int]:
