@@ -29,3 +29,14 @@ def test_a_look_that_began_before_the_other_side_finished_counts_as_zero() -> No
     assert left_out == 0
     assert per_hop["queued -> logic steps (its wake-up)"] == [0.0]
     assert per_hop["logic: take it, the app, publish"] == [0.01]  # from the push, not before
+
+
+def test_the_tool_traces_a_real_server_hop_by_hop() -> None:
+    """Run against ``python -m server run`` with ``STCP_TRACE``: every hop
+    of nearly every request is found (the wrappers fit what they wrap)."""
+    from tools.trace_hops import run
+
+    r = run(n=200, warmup=20)
+    assert set(r["hops"]) == {name for name, _, _ in HOPS}
+    assert r["left_out"] <= 20, r
+    assert 0 < sum(r["hops"].values()) <= r["ours_p50"] * 1.5, r

@@ -218,13 +218,18 @@ def in_process(target: Callable[[socket.socket], None]) -> Iterator[tuple[int, l
 
 
 @contextmanager
-def stepwise_server(spin: bool = True) -> Iterator[tuple[int, list[int]]]:
+def stepwise_server(
+    spin: bool = True, env: dict[str, str] | None = None
+) -> Iterator[tuple[int, list[int]]]:
     key = random.randint(0x1000_0000, 0x7FFF_FFFF)
     with tempfile.TemporaryFile() as log:
-        yield from _stepwise(key, log, spin)
+        yield from _stepwise(key, log, spin, env)
 
 
-def _stepwise(key: int, log: Any, spin: bool = True) -> Iterator[tuple[int, list[int]]]:
+def _stepwise(
+    key: int, log: Any, spin: bool = True, env: dict[str, str] | None = None
+) -> Iterator[tuple[int, list[int]]]:
+    extra = {**(env or {}), **({} if spin else {SPIN_ENV: "0"})}
     proc = subprocess.Popen(
         # the server as a user starts it: default options (a larger queue
         # only spreads the same bytes over more cache: 8 MiB was 8% slower)
@@ -233,7 +238,7 @@ def _stepwise(key: int, log: Any, spin: bool = True) -> Iterator[tuple[int, list
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
-        env=dict(os.environ, **({} if spin else {SPIN_ENV: "0"})),
+        env=dict(os.environ, **extra),
     )
     tree: list[int] = []
     try:
@@ -258,7 +263,23 @@ def _stepwise(key: int, log: Any, spin: bool = True) -> Iterator[tuple[int, list
             for pid in tree[1:]:  # workers outlive a killed supervisor (to be adopted): not here
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        _wait_gone(tree[1:], 5.0)  # a worker still attached would keep the segment
         SHMFactory.remove(key)
+
+
+def _wait_gone(pids: list[int], seconds: float) -> None:
+    """Wait until these processes (not our children) have exited; SIGKILL
+    those left after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    left = list(pids)
+    while left:
+        for pid in list(left):
+            try:
+                os.kill(pid, signal.SIGKILL if time.monotonic() > deadline else 0)
+            except ProcessLookupError:
+                left.remove(pid)
+        if left:
+            time.sleep(0.02)
 
 
 # -- the load client ----------------------------------------------------------------------

@@ -19,19 +19,14 @@ moment before the other notes its end: that hop counts as 0.
 
 from __future__ import annotations
 
-import os
-import random
 import socket
 import statistics
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from server import SHMFactory
 from server.proc.trace import EVENTS, TRACE_ENV
 
 HOPS = [
@@ -77,15 +72,20 @@ def hops(
 
 def _round_trips(port: int, n: int, size: int = 64) -> list[tuple[int, int]]:
     frame = struct.pack(">I", size) + b"x" * size
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        times = []
+        times: list[tuple[int, int]] = []
         for _ in range(n):
             sent = time.monotonic_ns()
             sock.sendall(frame)
             got = b""
             while len(got) < len(frame):
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"no reply within 10 s on port {port} (after {len(times)} round trips)"
+                    ) from None
                 if not chunk:
                     raise ConnectionError("the server closed the connection")
                 got += chunk
@@ -94,28 +94,11 @@ def _round_trips(port: int, n: int, size: int = 64) -> list[tuple[int, int]]:
 
 
 def run(n: int = 3000, warmup: int = 300) -> dict[str, Any]:
-    from tools.bench_server import in_process, selectors_server
+    from tools.bench_server import in_process, selectors_server, stepwise_server
 
-    key = random.randint(0x1000_0000, 0x7FFF_FFFF)
     folder = Path(tempfile.mkdtemp(prefix="stcp-trace-"))
-    env = dict(os.environ, **{TRACE_ENV: str(folder)})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "run", "--app", "echo", "--port", "0", "--key", hex(key)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        port = int(line.rsplit(":", 1)[1])
-        time.sleep(0.5)
+    with stepwise_server(env={TRACE_ENV: str(folder)}) as (port, _pids):
         ours = _round_trips(port, warmup + n)[warmup:]
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        SHMFactory.remove(key)
     events: list[tuple[str, int]] = []
     for path in folder.glob("*.trace"):
         for row in path.read_text().splitlines():

@@ -82,9 +82,9 @@ def _wrap(cls: Any, name: str, around: Callable[..., Any]) -> None:
 
 
 def _trace_connect(cls: Any, t: Tracer) -> None:
-    def read(inner: Callable[..., Any], proc: Any, c: Any) -> Any:
+    def read(inner: Callable[..., Any], proc: Any, *args: Any) -> Any:
         t.note("read")
-        return inner(proc, c)
+        return inner(proc, *args)
 
     def push(inner: Callable[..., Any], proc: Any) -> Any:
         before = proc.inbound.ring.tail
@@ -101,9 +101,9 @@ def _trace_connect(cls: Any, t: Tracer) -> None:
             t.note("deliver", start)
         return result
 
-    def flush(inner: Callable[..., Any], proc: Any, c: Any) -> Any:
+    def flush(inner: Callable[..., Any], proc: Any, *args: Any) -> Any:
         t.note("write")  # before: the client may have the bytes before send() returns here
-        return inner(proc, c)
+        return inner(proc, *args)
 
     _wrap(cls, "read", read)
     _wrap(cls, "push", push)
