@@ -100,6 +100,17 @@ class LengthFraming(_Framer):
         bodies: list[Chunk] = []
         start = i = 0
         end = len(buf)
+        if end <= limit:  # one body holds it all: only the headers to walk (once per frame)
+            last = end - FRAME_HEADER
+            while i <= last:
+                n = unpack(buf, i)[0]
+                if n > most:
+                    raise FrameTooLarge(
+                        f"frame of {n} bytes announced, the limit is {most}", size=n, limit=most
+                    )
+                i += FRAME_HEADER + n
+            if i > end:
+                i -= FRAME_HEADER + n  # the last frame is incomplete: it begins there
         while end - i >= FRAME_HEADER:
             n = unpack(buf, i)[0]
             if n > most:
