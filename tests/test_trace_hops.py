@@ -36,9 +36,15 @@ def test_the_tool_traces_a_real_server_hop_by_hop() -> None:
     of most requests is found (the wrappers fit what they wrap; a process
     that was already looking may note a step before the request was sent,
     and on a busy machine one in ten is left out so)."""
+    import glob
+    import tempfile
+
     from tools.trace_hops import run
 
+    pattern = f"{tempfile.gettempdir()}/stcp-trace-*"
+    before = set(glob.glob(pattern))
     r = run(n=200, warmup=20)
+    assert set(glob.glob(pattern)) == before  # its folder of trace files is gone
     assert set(r["hops"]) == {name for name, _, _ in HOPS}
     assert r["left_out"] < 100, r
     assert 0 < sum(r["hops"].values()) <= r["ours_p50"] * 1.5, r

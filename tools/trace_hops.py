@@ -96,16 +96,15 @@ def _round_trips(port: int, n: int, size: int = 64) -> list[tuple[int, int]]:
 def run(n: int = 3000, warmup: int = 300) -> dict[str, Any]:
     from tools.bench_server import in_process, selectors_server, stepwise_server
 
-    folder = Path(tempfile.mkdtemp(prefix="stcp-trace-"))
-    with stepwise_server(env={TRACE_ENV: str(folder)}) as (port, _pids):
-        ours = _round_trips(port, warmup + n)[warmup:]
     events: list[tuple[str, int]] = []
-    for path in folder.glob("*.trace"):
-        for row in path.read_text().splitlines():
-            kind, ns = row.split()
-            events.append((kind, int(ns)))
-        path.unlink()
-    folder.rmdir()
+    with tempfile.TemporaryDirectory(prefix="stcp-trace-") as name:  # gone also on an error
+        folder = Path(name)
+        with stepwise_server(env={TRACE_ENV: str(folder)}) as (port, _pids):
+            ours = _round_trips(port, warmup + n)[warmup:]
+        for path in folder.glob("*.trace"):
+            for row in path.read_text().splitlines():
+                kind, ns = row.split()
+                events.append((kind, int(ns)))
     with in_process(selectors_server) as (sel_port, _pids):
         theirs = _round_trips(sel_port, warmup + n)[warmup:]
     per_hop, left_out = hops(ours, events)
