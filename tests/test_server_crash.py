@@ -278,8 +278,10 @@ def test_workers_whose_supervisor_died_serve_on_and_the_next_run_adopts_them(sta
         info = again.info()
         assert {r: info["processes"][r]["pid"] for r in workers} == workers
         assert info["counters"]["descriptors_held"] == 1
-        log = again.log()
-        assert "adopted by a new supervisor" in log and "adopted the logic process" in log
+        assert "adopted the logic process" in again.log()  # before it said "listening on"
+        again.wait_for(  # the connect process says so once it has handed its sockets over
+            lambda i: "adopted by a new supervisor" in again.log(), what="connect's adoption"
+        )
         assert c.request(b"adopted") == b"adopted"
         kill(workers["connect"])
         assert c.request(b"after a connect kill") == b"after a connect kill"
