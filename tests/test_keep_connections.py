@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,15 +30,17 @@ def chaos(kill: str, count: int, every: str) -> dict[str, object]:
     request written in up to 3 pieces (kills land in the middle of frames);
     payloads carry the connection, a sequence number and a checksum.  Its
     report, checked for nothing lost, repeated, reordered or corrupted."""
-    out = subprocess.run(
-        [sys.executable, "-m", "tools.chaos", "--kill", kill, "--count", str(count)]
-        + ["--every", every, "--conns", "20", "--window", "8", "--seconds", "90", "--json"]
-        + ["--pieces", "3", "--seed", str(random.randrange(1 << 30))],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
+    with tempfile.TemporaryDirectory(prefix="stcp-test-chaos-") as folder:
+        out = subprocess.run(
+            [sys.executable, "-m", "tools.chaos", "--kill", kill, "--count", str(count)]
+            + ["--every", every, "--conns", "20", "--window", "8", "--seconds", "90", "--json"]
+            + ["--pieces", "3", "--seed", str(random.randrange(1 << 30))]
+            + ["--log", os.path.join(folder, "server.log")],  # removed with the folder
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
     text = out.stdout
     report = json.loads(text[text.index("{") : text.rindex("}") + 1])
     problems = {k: report[k] for k in ("lost", "duplicated", "reordered", "corrupted")}

@@ -113,7 +113,7 @@ def test_a_stopped_worker_is_replaced_within_the_hang_timeout(start_server, role
     assert c.request(b"after") == b"after"
 
 
-def test_twenty_kills_of_logic_under_load_each_resume_quickly() -> None:
+def test_twenty_kills_of_logic_under_load_each_resume_quickly(tmp_path: Path) -> None:
     path = os.pathsep.join([str(HELPERS.parent.parent), os.environ.get("PYTHONPATH", "")])
     out = subprocess.run(
         [
@@ -127,6 +127,8 @@ def test_twenty_kills_of_logic_under_load_each_resume_quickly() -> None:
             "--every",
             "0.3",
             "--json",
+            "--log",
+            str(tmp_path / "server.log"),
         ],
         capture_output=True,
         text=True,

@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=lambda t: int(t, 0), help="its segment key")
     p.add_argument("--hang-timeout", default="2", help="for the server this starts (default 2)")
     p.add_argument("--plot", help="write the reply latency over time to this SVG file")
+    p.add_argument("--log", help="the server's log (default: chaos-PID.log in the temp folder)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     return p
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.port is None) != (args.key is None):
         print("Error: --port and --key go together (the server that runs)", file=sys.stderr)
         return 2
-    log_path = os.path.join(tempfile.gettempdir(), f"chaos-{os.getpid()}.log")
+    log_path = args.log or os.path.join(tempfile.gettempdir(), f"chaos-{os.getpid()}.log")
     target = Target(args.port, args.key, ["--hang-timeout", args.hang_timeout], log_path)
     report = Report()
     rng = random.Random(args.seed)
