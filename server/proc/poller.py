@@ -121,9 +121,6 @@ class Poller:
             self._epoll.unregister(fd)
         return key
 
-    def get_map(self) -> dict[int, selectors.SelectorKey]:
-        return dict(self._keys)
-
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         """The ready file objects and their events (``EVENT_READ`` also for a
         hang-up or an error, and then ``HANGUP`` too: reading says what

@@ -227,17 +227,22 @@ class ClientSockets:
 
     def take_out(self, c: Client, end: int) -> None:
         """Discard the socket's unread bytes up to stream offset ``end``."""
+        why = self._discard(c, end)
+        if why:
+            self.table.close(c, why)
+
+    def _discard(self, c: Client, end: int) -> str:
+        """``take_out`` without closing ``c``: why it stopped short, or ""."""
         while c.consumed < end:
             want = min(end - c.consumed, len(self.scratch))
             try:
                 n = c.handle.recv_into(self.scratch, want, socket.MSG_TRUNC)  # no copy
             except OSError as err:
-                self.table.close(c, f"receive failed: {err.strerror or err}")
-                return
+                return f"receive failed: {err.strerror or err}"
             if not n:
-                self.table.close(c, f"{end - c.consumed} bytes seen in its socket are gone")
-                return
+                return f"{end - c.consumed} bytes seen in its socket are gone"
             c.consumed += n
+        return ""
 
     def accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
@@ -273,13 +278,7 @@ class ClientSockets:
             c.events = 0
         self.anchors.unpin(c.conn)  # its output is gone with it: it holds the head no more
         self.notices.closed(c.conn)
-        left = c.received - c.consumed  # bytes left in it, read (queued, mostly): closed with
-        while left > 0:  # unread bytes, the kernel would reset the connection, not close it
-            try:
-                n = c.handle.recv_into(self.scratch, min(left, len(self.scratch)), socket.MSG_TRUNC)
-            except OSError:
-                break
-            if not n:
-                break
-            left -= n
+        # the bytes read and left in it (queued, mostly): closed with unread
+        # bytes, the kernel would reset the connection, not close it
+        self._discard(c, c.received)  # closing anyway: a failure changes nothing
         c.handle.close()
