@@ -16,8 +16,8 @@ import socket
 import time
 
 import pytest
+from helpers.chaos import chaos
 from helpers.server import EchoClient, ServerProc, frame
-from test_keep_connections import chaos
 
 
 def server_unread(port: int, client: socket.socket) -> int:
