@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import random
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import sysv_ipc
@@ -97,9 +97,12 @@ def start_server(key: int, tmp_path):  # type: ignore[no-untyped-def]
     started: list[ServerProc] = []
 
     def start(
-        *args: str, log_name: str = "server.log", env: dict[str, str] | None = None
+        *args: str,
+        log_name: str = "server.log",
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> ServerProc:
-        server = ServerProc(key, tmp_path / log_name, *args, env=env).start()
+        server = ServerProc(key, tmp_path / log_name, *args, env=env, prefix=prefix).start()
         started.append(server)
         return server
 

@@ -40,6 +40,8 @@ class Client:
         "sent_seen",
         "received",
         "consumed",
+        "pushed_to",
+        "defer",
         "delivered",
         "anchor",
         "unkept",
@@ -66,6 +68,8 @@ class Client:
         self.queued = 0  # bytes in its socket's send queue (not yet acknowledged) then
         self.received = 0  # bytes seen in its socket (read with MSG_PEEK), in all
         self.consumed = 0  # of those, bytes taken out of the socket (queued whole frames)
+        self.pushed_to = 0  # bytes of whole frames in the inbound queue (some still in the socket)
+        self.defer = 0  # queued bytes that may wait in its socket (its receive buffer's measure)
         self.delivered = 0  # reply bytes appended to ``out``, in all (the stream ledger's)
         self.anchor = 0  # the outbound position of its ledger anchor (server.core.outflow)
         self.unkept = False  # its output waits in memory only (a slow reader: not anchored)

@@ -49,6 +49,7 @@ from .adoption import adopted, lost_supervisor, stop_awaiting
 from .common import Heartbeat, Parent, enable_stack_dumps, spin_scale
 from .handover import hand_over, on_control, take_over
 from .keeper import Notices
+from .poller import HANGUP, Poller
 from .replies import LIGHT, REPLY_SPIN, ReplyFlow
 from .sockets import RECV_SIZE, SCRATCH_SIZE, ClientSockets, send_queue
 
@@ -82,12 +83,13 @@ class ConnectProcess(ReplyFlow, ClientSockets):
         self.unborn: dict[int, int] = {}  # after a crash: conn -> the first code it gets again
         self.peek_off = True  # until a socket says SO_PEEK_OFF does not work
         self.read_now: list[Client] = []
+        self.again: list[Client] = []
         self.scratch = memoryview(bytearray(SCRATCH_SIZE))
         self.recv_size = RECV_SIZE if cfg.framing == "length" else self._line_recv_size()
         self.listener = listener
         listener.setblocking(False)
         self.listening = False
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()  # client sockets edge-triggered (server.proc.poller)
         self.stopping = self.handing_over = self.orphaned = self.adopted = False
         self.adopter: socket.socket | None = None  # while orphaned: where a new supervisor calls
         self.control = control
@@ -167,9 +169,11 @@ class ConnectProcess(ReplyFlow, ClientSockets):
                     if mask & selectors.EVENT_WRITE and table.is_open(c):
                         self.flush(c)
                     if mask & selectors.EVENT_READ and table.is_open(c):
-                        self.read(c)
+                        self.read(c, mask & HANGUP)  # after a hang-up: to its end
                         if table.handover_due():  # the logic process starts on them now
                             self.push()
+            for c in self.take_again() if self.again else ():
+                self.read(c, drain=True)
             if table.inq:
                 self.push()
             if self.read_now:
@@ -177,6 +181,7 @@ class ConnectProcess(ReplyFlow, ClientSockets):
             if self.now >= next_timers:
                 next_timers = self.now + 1.0
                 table.tick(self.now, send_queue)
+                self.take_out_queued()
                 if not (self.orphaned or self.adopted) and parent.gone():
                     lost_supervisor(self)
         if self.handing_over:
@@ -199,7 +204,7 @@ class ConnectProcess(ReplyFlow, ClientSockets):
         if want == c.events:
             return
         if not c.events:
-            self.sel.register(c.handle, want, c)
+            self.sel.register(c.handle, want, c, edge=True)
         elif not want:
             self.sel.unregister(c.handle)
         else:

@@ -52,6 +52,7 @@ class ReplyFlow:
     spinner: Spinner
     handed: int  # the inbound tail when we last looked: it moved, so replies are coming
     spin_until: float  # perf_counter() until which the loop polls for replies (0: not)
+    again: list[Client]  # server.proc.sockets
     busy: bool  # the last turn had more than LIGHT events: the loop is never idle for long
 
     def choose_timeout(self) -> float:
@@ -63,6 +64,8 @@ class ReplyFlow:
             if self.spin_until:
                 self.spin_until = 0.0
                 self.spinner.spun(True)
+            return 0.0
+        if self.again:  # sockets to read again (server.proc.poller)
             return 0.0
         if self.table.backlog:
             return ROOM_POLL

@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,15 @@ HELPERS = Path(__file__).parent
 
 class ServerProc:
     def __init__(
-        self, key: int, log_path: Path, *args: str, env: dict[str, str] | None = None
+        self,
+        key: int,
+        log_path: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.extra_env = env or {}
+        self.prefix = list(prefix)  # runs the server under it: ["ip", "netns", "exec", NAME]
         self.key = key
         self.log_path = log_path
         self.args = args
@@ -44,7 +51,7 @@ class ServerProc:
         cmd = [sys.executable, "-m", "server", "run", "--port", "0", "--key", hex(self.key)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*cmd, *self.args], stdout=subprocess.PIPE, stderr=log, env=env
+                [*self.prefix, *cmd, *self.args], stdout=subprocess.PIPE, stderr=log, env=env
             )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
