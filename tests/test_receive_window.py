@@ -46,19 +46,22 @@ def small_buffers() -> Iterator[list[str]]:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
     ("count", "size", "inflight"),
-    [(3000, 1000, 16), (200, 12_000, 3)],
+    [(2000, 1000, 16), (100, 12_000, 3)],
     ids=["small-frames", "frames-past-half-the-buffer"],
 )
 def test_unread_frames_never_stall_a_client(  # type: ignore[no-untyped-def]
     start_server, small_buffers: list[str], count: int, size: int, inflight: int
 ) -> None:
+    """Each connection is a trial: when a stall comes depends on how the
+    kernel cut the stream into packets."""
     server: ServerProc = start_server(prefix=small_buffers)
     client = [sys.executable, str(HELPERS / "window_client.py"), str(server.port)]
-    args = [str(count), str(size), str(inflight), "--patience", "3"]
+    args = [str(count), str(size), str(inflight), "--conns", "8", "--patience", "3"]
     done = subprocess.run(
         [*small_buffers, *client, *args], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["answered"] == count, (report, server.log()[-2000:])
+    answered = [c["answered"] for c in report["connections"]]
+    assert answered == [count] * 8, (report, server.log()[-2000:])
     assert report["seconds"] < 10, report  # a stall is a second at least

@@ -74,7 +74,7 @@ class Client:
         self.anchor = 0  # the outbound position of its ledger anchor (server.core.outflow)
         self.unkept = False  # its output waits in memory only (a slow reader: not anchored)
         self.skip_out = 0  # re-delivered reply bytes its kernel took already (after a crash)
-        self.lowat = 1  # its socket's SO_RCVLOWAT (bytes unread before it is readable)
+        self.lowat = 1  # its SO_RCVLOWAT (unread bytes before it is readable; 0: set it again)
         self.closing = ""  # the app asked to close: the reason, once the output is out
         self.frame_started = 0.0  # when the incomplete frame in its framer began
         self.prefix = encode(Kind.MESSAGE, conn)  # + frame records = its inbound code

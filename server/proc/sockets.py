@@ -249,10 +249,16 @@ class ClientSockets:
         return PEEK_WINDOW if c.framing.name == "length" else LINE_PEEK
 
     def take_out(self, c: Client, end: int) -> None:
-        """Discard the socket's unread bytes up to stream offset ``end``."""
+        """Discard the socket's unread bytes up to stream offset ``end``.
+        If some stay (an incomplete frame), its mark is to be set again
+        even if it is the same number (``consume`` does): setting it makes
+        Linux look at the socket again, and report it if the window is
+        still full, as a socket woken below its mark is not reported twice."""
         why = self._discard(c, end)
         if why:
             self.table.close(c, why)
+        elif c.received > c.consumed:
+            c.lowat = 0
 
     def _discard(self, c: Client, end: int) -> str:
         """``take_out`` without closing ``c``: why it stopped short, or ""."""
