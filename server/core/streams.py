@@ -290,9 +290,11 @@ class StreamLedger(InSegment):
         ``position`` is where that queue is now.  The caller publishes
         ``at`` before it commits this count again (so it commits only what
         will be published: what fits in the queue)."""
+        i = self._checked(slot, side, at, position)
         w = self._w
-        for index, value in self.stores(slot, side, new, at, position):
-            w[index] = value
+        w[i] = w[i + 2]  # the stores of ``stores``, without building them (once per push)
+        w[i + 1] = at
+        w[i + 2] = new
 
     def settle(self, slot: int, side: int, position: int) -> None:
         """A new process starts with its queue at ``position``: a commit the
@@ -365,6 +367,12 @@ class StreamLedger(InSegment):
 
             prev = the count valid now; tag = at; cur = new
         """
+        i = self._checked(slot, side, at, position)
+        return [(i, int(self._w[i + 2])), (i + 1, at), (i + 2, new)]
+
+    def _checked(self, slot: int, side: int, at: int, position: int) -> int:
+        """The first word of a commit's count, once it is known to be
+        allowed: the count valid now is then ``cur`` (its tag is passed)."""
         i = self._base(slot) + self._side(side)
         if self._w[i + 1] > position:
             raise RuntimeError(
@@ -373,7 +381,7 @@ class StreamLedger(InSegment):
             )
         if at < position:
             raise ValueError(f"a count is committed for a later position, not {at} < {position}")
-        return [(i, self._value(i, position)), (i + 1, at), (i + 2, new)]
+        return i
 
     def store(self, index: int, value: int) -> None:
         self._w[index] = value

@@ -179,7 +179,8 @@ class ClientSockets:
                 c.pushed_to = end
                 if end - c.consumed >= c.defer:
                     self.take_out(c, end)
-                    c.defer = self.room_for_queued(c)
+                    if not c.defer:  # the first time; then once a second (take_out_queued)
+                        c.defer = self.room_for_queued(c)
         touched = [*table.pushed, *self.read_now]
         table.pushed.clear()
         self.read_now.clear()
@@ -206,8 +207,8 @@ class ClientSockets:
         receive buffer if that is less (Linux counts the buffer in the
         memory its packets take, up to a few times their bytes, and the
         window must stay open for the next frames); 0 without SO_PEEK_OFF
-        (each peek would copy them again).  Measured at each take-out, as
-        the kernel grows and shrinks the buffer."""
+        (each peek would copy them again).  Measured at the first take-out,
+        then once a second, as the kernel grows and shrinks the buffer."""
         if not self.peek_off:
             return 0
         try:
@@ -226,10 +227,12 @@ class ClientSockets:
 
     def take_out_queued(self) -> None:
         """Take the queued frames out of every socket that still holds some:
-        a quiet client's bytes do not stay in the kernel (once a second)."""
+        a quiet client's bytes do not stay in the kernel (once a second).
+        Their measure of room is taken again meanwhile."""
         for c in list(self.table.clients.values()):
             if c.pushed_to > c.consumed and self.table.is_open(c):
                 self.take_out(c, c.pushed_to)
+                c.defer = self.room_for_queued(c)
                 self.read_now.append(c)
         if self.read_now:
             self.consume()
