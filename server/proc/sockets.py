@@ -170,8 +170,9 @@ class ClientSockets:
         of an incomplete frame, else at any (edge-triggered, old bytes do
         not wake it)."""
         table = self.table
+        clients = table.clients
         for c, end in table.pushed.items():
-            if not table.is_open(c):
+            if clients.get(c.conn) is not c:  # closed meanwhile
                 continue
             if end < 0:
                 self.take_out(c, c.received)
@@ -185,7 +186,9 @@ class ClientSockets:
         table.pushed.clear()
         self.read_now.clear()
         for c in touched:
-            if not table.is_open(c):
+            if c.lowat == 1 and not c.framing.buffered:
+                continue  # the usual case: no incomplete frame, and it wakes at any byte
+            if clients.get(c.conn) is not c:
                 continue
             want = self.wake_mark(c)
             if want > self.peek_window(c) and c.pushed_to > c.consumed:
