@@ -13,6 +13,7 @@ Round trip: a 64-byte ping answered by a busy echo process, p50 and p99.
 Examples:
     python -m tools.bench_codequeue            # the full table, about 15 s on 2 cores
     python -m tools.bench_codequeue --seconds 0.3 --sizes 64
+    python -m tools.bench_codequeue --sizes 64 --rounds 5   # medians of 5 alternating runs
 """
 
 from __future__ import annotations
@@ -296,7 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each run (default 1)")
     parser.add_argument("--sizes", default="64,1024,16384", help="code sizes in bytes")
     parser.add_argument("--pings", type=int, default=5000, help="round trips per transport")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time each transport this many times, taking turns; print the medians and "
+        "each round's ratio to that round's Pipe (default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     sizes = [int(s) for s in args.sizes.split(",")]
 
     transports: list[Transport] = [
@@ -308,25 +318,32 @@ def main(argv: list[str] | None = None) -> int:
     msgmax = sysv_message_limit()
     try:
         print(f"{os.cpu_count()} cores; each run about {args.seconds} s; every code verified\n")
-        print(f"{'transport':<22} {'size':>6} {'codes/s':>12} {'MB/s':>10} {'x Pipe':>8}")
+        by_round = "  x Pipe by round" if args.rounds > 1 else ""
+        print(f"{'transport':<22} {'size':>6} {'codes/s':>12} {'MB/s':>10} {'x Pipe':>8}{by_round}")
         runs: list[float] = []
         for size in sizes:
-            pipe_rate = None
+            fit = [t for t in transports if not (isinstance(t, SysvTransport) and size > msgmax)]
+            counts = [calibrate(t, size, args.seconds) for t in fit]
+            rates: list[list[float]] = [[] for _ in fit]
+            for _ in range(args.rounds):  # taking turns: a noisy minute hits them all
+                for i, t in enumerate(fit):
+                    elapsed = throughput(t, size, counts[i])
+                    runs.append(elapsed)
+                    rates[i].append(counts[i] / elapsed)
+            pipe = rates[0]  # the first transport is the Pipe
             for t in transports:
-                if isinstance(t, SysvTransport) and size > msgmax:
+                if t not in fit:
                     print(
                         f"{t.name:<22} {size:>6} {'n/a: larger than kernel.msgmax ' + str(msgmax):>32}"
                     )
                     continue
-                count = calibrate(t, size, args.seconds)
-                elapsed = throughput(t, size, count)
-                runs.append(elapsed)
-                rate = count / elapsed
-                if pipe_rate is None:
-                    pipe_rate = rate
+                mine = rates[fit.index(t)]
+                rate = statistics.median(mine)
+                ratios = " ".join(f"{r / p:.2f}" for r, p in zip(mine, pipe, strict=True))
                 print(
                     f"{t.name:<22} {size:>6} {rate:>12,.0f} {rate * size / 1e6:>10,.1f} "
-                    f"{rate / pipe_rate:>7.2f}x",
+                    f"{rate / statistics.median(pipe):>7.2f}x"
+                    + (f"  {ratios}" if by_round else ""),
                     flush=True,
                 )
             print()
