@@ -67,6 +67,24 @@ def test_an_anchor_is_the_old_pair_or_the_new_one_whatever_store_a_crash_stops_a
             assert led.anchor_of(1) == (w_new, p_new)
 
 
+def test_commit_and_anchor_store_what_their_crash_tested_stores_say() -> None:
+    """``commit`` and ``anchor`` store their words directly (they run once
+    per push and per write); the tests above crash between the stores of
+    ``stores`` and ``anchor_stores``: the two must be the same stores."""
+    direct, listed = ledger(), ledger()
+    position = 0
+    for step in range(1, 6):
+        at = position + 100 * step
+        for index, value in listed.stores(2, INBOUND, 10 * step, at, position):
+            listed.store(index, value)
+        direct.commit(2, INBOUND, 10 * step, at, position)
+        for index, value in listed.anchor_stores(2, 7 * step, at):
+            listed.store(index, value)
+        direct.anchor(2, 7 * step, at)
+        assert bytes(direct._w) == bytes(listed._w), step
+        position = at
+
+
 def test_a_commit_before_the_last_one_was_published_is_a_bug_said_so() -> None:
     led = ledger()
     led.commit(0, INBOUND, 5, at=50, position=0)

@@ -309,9 +309,13 @@ class StreamLedger(InSegment):
     def anchor(self, slot: int, written: int, position: int) -> None:
         """Every reply byte of this connection in codes before ``position``
         (``written`` of them) was taken by the kernel."""
+        base = self._base(slot)
         w = self._w
-        for index, value in self.anchor_stores(slot, written, position):
-            w[index] = value
+        other = 1 - (w[base + _SEL] & 1)
+        pair = base + _PAIRS + 2 * other
+        w[pair] = written  # the stores of ``anchor_stores``, without building them
+        w[pair + 1] = position
+        w[base + _SEL] = other
 
     def anchor_stores(self, slot: int, written: int, position: int) -> list[tuple[int, int]]:
         """The (word index, value) stores of ``anchor``, in order: the copy
